@@ -1,0 +1,2 @@
+"""lanternlm: run GGUF language models locally, on quantized weights, from pure Python + Numba."""
+__version__ = "0.1.0"

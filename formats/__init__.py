@@ -1,0 +1,1 @@
+"""Bytes <-> structures: GGUF reader and writer, tokenizers, chat templates, model catalog."""

@@ -1,0 +1,1 @@
+"""The graph runtime: architectures, planner, executor, backends, KV cache, sampling, generation."""
