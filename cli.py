@@ -1,0 +1,58 @@
+"""`lantern` command line: a thin dispatcher.
+
+Each subcommand lives with the code it drives, in a module exposing
+`configure_parser(parser)` and `main(args) -> int`. This file only maps names to modules,
+imports the chosen one lazily (so `lantern info` never pays for Numba), and turns expected
+errors into one-line messages with a non-zero exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("lanternlm.formats.info", "describe a GGUF model"),
+    "pull": ("lanternlm.formats.catalog_cli", "download a catalog model"),
+    "list": ("lanternlm.formats.catalog_cli", "list catalog models and what is downloaded"),
+}
+
+
+def _load(name: str):
+    return importlib.import_module(COMMANDS[name][0])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lantern", description="Run GGUF language models locally.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod = _load(name)
+        configure = getattr(mod, f"configure_{name}_parser", None) or mod.configure_parser
+        configure(p)
+        p.set_defaults(_main=getattr(mod, f"{name}_main", None) or mod.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_main", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._main(args) or 0)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except (OSError, ValueError, RuntimeError) as exc:
+        # GGUFError, PullError and friends derive from these: bad input, not a bug.
+        print(f"lantern: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

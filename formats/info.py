@@ -1,0 +1,77 @@
+"""`lantern info MODEL`: what a GGUF file holds, read from its header only."""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+
+import numpy as np
+
+from .catalog import resolve
+from .gguf import GGUFFile, read_gguf
+
+
+def describe(g: GGUFFile) -> dict:
+    """A plain-dict summary of a model file (what `lantern info --json` prints)."""
+    kv = g.kv
+    arch = kv.get("general.architecture", "?")
+    tokens = kv.get("tokenizer.ggml.tokens") or []
+
+    def token(key):
+        i = kv.get(key)
+        return None if i is None else {"id": int(i), "text": tokens[i] if 0 <= i < len(tokens) else None}
+
+    types = Counter(t.type.name for t in g.tensors.values())
+    return {
+        "path": str(g.path),
+        "file_size": os.path.getsize(g.path),
+        "gguf_version": g.version,
+        "architecture": arch,
+        "name": kv.get("general.name"),
+        "parameters": int(sum(int(np.prod(t.shape, dtype=np.int64)) for t in g.tensors.values())),
+        "tensors": len(g.tensors),
+        "tensor_types": dict(types.most_common()),
+        "context_length": kv.get(f"{arch}.context_length"),
+        "embedding_length": kv.get(f"{arch}.embedding_length"),
+        "block_count": kv.get(f"{arch}.block_count"),
+        "tokenizer": kv.get("tokenizer.ggml.model"),
+        "pre_tokenizer": kv.get("tokenizer.ggml.pre"),
+        "vocab_size": len(tokens),
+        "chat_template": "tokenizer.chat_template" in kv,
+        "bos": token("tokenizer.ggml.bos_token_id"),
+        "eos": token("tokenizer.ggml.eos_token_id"),
+    }
+
+
+def configure_parser(p) -> None:
+    p.add_argument("model", help="GGUF path or catalog name")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def main(args) -> int:
+    with read_gguf(resolve(args.model)) as g:
+        info = describe(g)
+    if args.json:
+        print(json.dumps(info, indent=2, ensure_ascii=False))
+        return 0
+    p = info["parameters"]
+    rows = [
+        ("file", f"{info['path']} ({info['file_size'] / 1e6:.1f} MB, GGUF v{info['gguf_version']})"),
+        ("name", info["name"]),
+        ("architecture", info["architecture"]),
+        ("parameters", f"{p / 1e9:.2f} B" if p >= 1e9 else f"{p / 1e6:.1f} M"),
+        ("layers / width", f"{info['block_count']} / {info['embedding_length']}"),
+        ("context length", info["context_length"]),
+        ("tensor types", ", ".join(f"{k} x{v}" for k, v in info["tensor_types"].items())),
+        ("vocabulary", f"{info['vocab_size']} tokens ({info['tokenizer']}, pre: {info['pre_tokenizer']})"),
+        ("chat template", "yes" if info["chat_template"] else "no"),
+        ("BOS / EOS", f"{_tok(info['bos'])} / {_tok(info['eos'])}"),
+    ]
+    w = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{w}}  {v}")
+    return 0
+
+
+def _tok(t) -> str:
+    return "none" if t is None else f"{t['id']} {t['text']!r}"
