@@ -1,0 +1,264 @@
+"""The generation loop every front end consumes: tokens (`generate_step`), then text
+(`stream_generate`).
+
+`KVContext` remembers which token ids the engine's KV cache holds. A new prompt that shares a
+prefix with them only evaluates its new suffix, which is what makes a multi-turn chat prefill
+just the latest message: the previous turn's prompt and reply are already in the cache.
+
+`generate_step` yields sampled token ids until `max_tokens` or a full context; it knows
+nothing of text. `stream_generate` decodes them incrementally, ends on end-of-generation
+tokens and stop strings, and reports why it ended ("stop" or "length"). The CLI, the
+`Model` facade and the benchmarks all sit on these two generators.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .sampling import SamplerFn
+
+
+class KVContext:
+    """An engine plus the token ids its KV cache currently holds (`ids`, position order).
+
+    The engine contract used: `eval(ids) -> logits of the last id` (appends at n_past),
+    `truncate(n)`, `reset()`, `n_past`, `cfg.n_vocab`.
+    """
+
+    def __init__(self, engine, n_ctx: int):
+        if n_ctx <= 0:
+            raise ValueError(f"n_ctx must be positive, got {n_ctx}")
+        self.engine = engine
+        self.n_ctx = n_ctx
+        self.n_vocab = int(engine.cfg.n_vocab)
+        self.ids: list[int] = []
+        self.evaluated_tokens = 0       # every token ever sent to engine.eval (for accounting)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def full(self) -> bool:
+        return len(self.ids) >= self.n_ctx
+
+    def invalidate(self) -> None:
+        """Forget the cache (e.g. after someone else used the engine)."""
+        self.engine.reset()
+        self.ids.clear()
+
+    def prefill(self, prompt_ids: Sequence[int]) -> tuple[np.ndarray, int]:
+        """Bring the cache to exactly `prompt_ids`; return (last-position logits, reused count).
+
+        Keeps the longest common prefix with what the cache holds and evaluates only the
+        rest. At least the last prompt token is always evaluated, since its logits are what
+        the caller samples from.
+        """
+        prompt = self.check_prompt(prompt_ids)
+        if self.engine.n_past != len(self.ids):        # engine used behind our back
+            self.invalidate()
+        reused = min(common_prefix_length(self.ids, prompt), len(prompt) - 1)
+        if reused < len(self.ids):
+            self.engine.truncate(reused)
+            del self.ids[reused:]
+        return self._eval(prompt[reused:]), reused
+
+    def append(self, token: int) -> np.ndarray:
+        """Evaluate one more token at the end of the cache; return its logits."""
+        if self.full:
+            raise ValueError(f"the context of {self.n_ctx} tokens is full")
+        return self._eval([token])
+
+    def _eval(self, ids: list[int]) -> np.ndarray:
+        try:
+            logits = self.engine.eval(ids)
+        except BaseException:
+            # An interrupted eval leaves the cache in an unknown state: start clean next time.
+            self.ids.clear()
+            self.engine.reset()
+            raise
+        self.ids.extend(ids)
+        self.evaluated_tokens += len(ids)
+        return logits
+
+    def check_prompt(self, prompt_ids: Sequence[int]) -> list[int]:
+        """`prompt_ids` as a list of ints, or ValueError if it cannot be generated from."""
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise ValueError("the prompt is empty: at least one token is needed to generate from")
+        if len(prompt) > self.n_ctx:
+            raise ValueError(f"the prompt has {len(prompt)} tokens but the context holds {self.n_ctx} "
+                             f"(load the model with a larger n_ctx or shorten the prompt)")
+        low, high = min(prompt), max(prompt)
+        if low < 0 or high >= self.n_vocab:
+            bad = low if low < 0 else high
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.n_vocab})")
+        return prompt
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+@dataclass
+class GenerationStats:
+    """Counters of one generation, filled in while it runs."""
+
+    prompt_tokens: int = 0        # length of the prompt
+    reused_tokens: int = 0        # prompt tokens found already in the KV cache
+    completion_tokens: int = 0    # generated tokens, end-of-generation token excluded
+    prompt_seconds: float = 0.0   # prefill wall time (incl. the first sample)
+    decode_seconds: float = 0.0   # wall time of the token-by-token steps after the first
+
+    @property
+    def prefill_tokens(self) -> int:
+        """Prompt tokens actually evaluated by the engine."""
+        return self.prompt_tokens - self.reused_tokens
+
+
+def _check_max_tokens(max_tokens: int | None) -> None:
+    if max_tokens is not None and (not isinstance(max_tokens, (int, np.integer)) or max_tokens < 0):
+        raise ValueError(f"max_tokens must be an integer >= 0, or None for 'until the context is full'; "
+                         f"got {max_tokens!r}")
+
+
+def generate_step(context: KVContext, prompt_ids: Sequence[int], sampler: SamplerFn,
+                  max_tokens: int | None = None,
+                  stats: GenerationStats | None = None) -> Iterator[int]:
+    """Yield sampled token ids, one per step, continuing `prompt_ids`.
+
+    Stops after `max_tokens` tokens (None: no limit) or when the context is full; a consumer
+    that wants to stop earlier (end-of-generation token, stop string) simply stops iterating.
+    A token is only evaluated when the consumer asks for the next one, so the cache never
+    holds a token the consumer rejected. The sampler sees the whole history (prompt + output)
+    for its penalties.
+    """
+    _check_max_tokens(max_tokens)
+    stats = stats if stats is not None else GenerationStats()
+    stats.prompt_tokens = len(prompt_ids)
+    if max_tokens == 0:
+        return
+    start = time.perf_counter()
+    logits, stats.reused_tokens = context.prefill(prompt_ids)
+    history = [int(t) for t in prompt_ids]
+    token = sampler(logits, history)
+    stats.prompt_seconds = time.perf_counter() - start
+    produced = 0
+    while True:
+        history.append(token)
+        produced += 1
+        yield token
+        if (max_tokens is not None and produced >= max_tokens) or context.full:
+            return
+        start = time.perf_counter()
+        token = sampler(context.append(token), history)
+        stats.decode_seconds += time.perf_counter() - start
+
+
+class StopStringMatcher:
+    """Cuts a text stream at the first stop string, even one split across several pieces.
+
+    `feed(piece)` returns (text safe to emit, stopped). Text that could be the beginning of
+    a stop string is held back until the next piece settles it, so the stop string itself is
+    never emitted.
+    """
+
+    def __init__(self, stops: Iterable[str] = ()):
+        if isinstance(stops, str):
+            stops = (stops,)
+        self.stops = tuple(stops)
+        for s in self.stops:
+            if not isinstance(s, str) or not s:
+                raise ValueError(f"stop strings must be non-empty strings, got {s!r}")
+        self.held = ""
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        text = self.held + piece
+        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.held = ""
+            return text[:cut], True
+        keep = self._longest_stop_prefix_suffix(text)
+        self.held = text[len(text) - keep:] if keep else ""
+        return text[:len(text) - keep], False
+
+    def flush(self) -> str:
+        """The held-back text, once the stream has ended without a stop string."""
+        text, self.held = self.held, ""
+        return text
+
+    def _longest_stop_prefix_suffix(self, text: str) -> int:
+        """Length of the longest suffix of `text` that is a proper prefix of a stop string."""
+        best = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(text)), best, -1):
+                if text.endswith(s[:n]):
+                    best = n
+                    break
+        return best
+
+
+@dataclass(frozen=True)
+class GenerationChunk:
+    """One step of `stream_generate`.
+
+    text: newly decoded text ("" while bytes of a character or a possible stop string are
+    held back); token: the token sampled at this step (None on the closing chunk);
+    finish_reason: "stop" or "length" on the last chunk, None before; stats: the
+    generation's live counters (the same object on every chunk; final after the last).
+    """
+
+    text: str
+    token: int | None
+    finish_reason: str | None
+    stats: GenerationStats
+
+
+def stream_generate(context: KVContext, tokenizer, prompt_ids: Sequence[int], sampler: SamplerFn,
+                    max_tokens: int | None = 128, stop: Iterable[str] = (),
+                    stop_ids: Iterable[int] | None = None) -> Iterator[GenerationChunk]:
+    """Generate text: decode `generate_step`'s tokens and stop on end tokens or stop strings.
+
+    stop_ids defaults to the tokenizer's end-of-generation ids (`eot_ids`); such a token ends
+    the generation with "stop" and is neither decoded nor counted. A stop string ends it
+    with "stop" and is cut from the text. Running out of `max_tokens` or context ends it
+    with "length". The last chunk always carries the finish reason.
+    """
+    _check_max_tokens(max_tokens)
+    context.check_prompt(prompt_ids)          # fail here, not at the first next()
+    matcher = StopStringMatcher(stop)
+    end_ids = frozenset(tokenizer.eot_ids if stop_ids is None else stop_ids)
+    return _stream_generate(context, tokenizer, prompt_ids, sampler, max_tokens, matcher, end_ids)
+
+
+def _stream_generate(context, tokenizer, prompt_ids, sampler, max_tokens, matcher, end_ids):
+    stats = GenerationStats()
+    decoder = tokenizer.decoder()
+    steps = generate_step(context, prompt_ids, sampler, max_tokens, stats)
+    try:
+        for token in steps:
+            if token in end_ids:
+                yield GenerationChunk(_closing_text(matcher, decoder)[0], None, "stop", stats)
+                return
+            stats.completion_tokens += 1
+            text, stopped = matcher.feed(decoder.add(token))
+            if stopped:
+                yield GenerationChunk(text, token, "stop", stats)
+                return
+            yield GenerationChunk(text, token, None, stats)
+    finally:
+        steps.close()
+    text, stopped = _closing_text(matcher, decoder)
+    yield GenerationChunk(text, None, "stop" if stopped else "length", stats)
+
+
+def _closing_text(matcher: StopStringMatcher, decoder) -> tuple[str, bool]:
+    """The text still pending in the decoder and the matcher, cut at a stop string if any."""
+    text, stopped = matcher.feed(decoder.flush())
+    return (text if stopped else text + matcher.flush()), stopped
