@@ -1,0 +1,159 @@
+"""K-quant kernels (Q2_K..Q6_K, Q8_K) against independent oracles.
+
+dequantize: bit-identical to gguf-py's numpy reference (`gguf.quants.dequantize`) on seeded
+random blocks and on real Gemma3 tensors; Q8_K, which gguf-py does not decode, against a
+numpy structured-dtype reading of its layout. matvec / matmul: against the float64 product
+of the dequantized weights, within a tolerance relative to |W| |x|.
+"""
+import numpy as np
+import pytest
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, GGUFReader
+from gguf.quants import dequantize as gguf_dequantize
+
+from lanternlm import quant
+from lanternlm.quant import kquants, kquants_dot
+
+K_TYPES = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
+# byte offsets of the f16 super-block scales (d, dmin) inside each block
+F16_FIELDS = {T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,)}
+Q8_K_BLOCK = np.dtype([("d", "<f4"), ("qs", "i1", 256), ("bsums", "<i2", 16)])
+
+
+def random_blocks(qtype, n_blocks, rng, extremes=True):
+    """Random quant bytes with finite f16 scales: from subnormals to large values (extremes=True,
+    for bit-exact decoding) or of the size real weights have (extremes=False, for dot products)."""
+    blocks = rng.integers(0, 256, size=(n_blocks, GGML_QUANT_SIZES[qtype][1]), dtype=np.uint8)
+    for off in F16_FIELDS[qtype]:
+        if extremes:
+            magnitude = rng.choice([0.0, 1e-7, 1e-5, 1e-3, 0.1, 1.0, 300.0], size=n_blocks)
+            halves = (rng.standard_normal(n_blocks) * magnitude).astype(np.float16)
+            halves[:4] = np.array([0.0, -0.0, 6.0e-8, -65504.0], dtype=np.float16)[:n_blocks]
+        else:
+            halves = rng.uniform(1e-4, 1e-2, n_blocks).astype(np.float16)
+        blocks[:, off:off + 2] = halves.view(np.uint8).reshape(n_blocks, 2)
+    return blocks
+
+
+def same_bits(a, b):
+    return np.array_equal(np.asarray(a, np.float32).view(np.uint32), np.asarray(b, np.float32).view(np.uint32))
+
+
+@pytest.mark.parametrize("qtype", K_TYPES, ids=lambda t: t.name)
+def test_dequantize_random_blocks_bit_exact_with_gguf(qtype):
+    rng = np.random.default_rng(int(qtype))
+    blocks = random_blocks(qtype, 300, rng)
+    expected = gguf_dequantize(blocks, qtype).reshape(-1)
+    got = quant.dequantize(blocks, qtype, (300 * 256,))
+    assert same_bits(got, expected)
+
+
+def test_dequantize_q8_k_matches_its_layout():
+    rng = np.random.default_rng(15)
+    blocks = np.zeros(40, dtype=Q8_K_BLOCK)
+    blocks["d"] = rng.standard_normal(40).astype(np.float32) * 10.0 ** rng.integers(-8, 3, 40)
+    blocks["qs"] = rng.integers(-128, 128, size=(40, 256))
+    blocks["bsums"] = rng.integers(-4000, 4000, size=(40, 16))
+    expected = blocks["d"][:, None] * blocks["qs"].astype(np.float32)
+    got = quant.dequantize(blocks.view(np.uint8), T.Q8_K, (40, 256))
+    assert same_bits(got, expected)
+
+
+@pytest.fixture(scope="module")
+def gemma_k_tensors(gemma3_path):
+    """The two smallest Q4_K and Q6_K weight matrices of Gemma3-270m (name, type, rows, bytes)."""
+    reader = GGUFReader(gemma3_path)
+    picked = []
+    for qtype in (T.Q4_K, T.Q6_K):
+        found = sorted((t for t in reader.tensors if t.tensor_type == qtype), key=lambda t: t.n_bytes)
+        picked += [(t.name, qtype, np.asarray(t.data)) for t in found[:2]]
+    assert {q for _, q, _ in picked} == {T.Q4_K, T.Q6_K}
+    return picked
+
+
+def test_dequantize_gemma_tensors_bit_exact_with_gguf(gemma_k_tensors):
+    for name, qtype, data in gemma_k_tensors:
+        rows = data.shape[0]
+        n = data.shape[1] // GGML_QUANT_SIZES[qtype][1] * 256
+        expected = gguf_dequantize(data, qtype)
+        got = quant.dequantize(data, qtype, (rows, n))
+        assert same_bits(got, expected), name
+
+
+def relative_error(got, expected, magnitude):
+    return float(np.max(np.abs(got - expected) / magnitude))
+
+
+def weights_and_reference(qtype, rows, n, rng):
+    if qtype == T.Q8_K:
+        w = q8_k_weights(rows, n, rng)
+    else:
+        w = random_blocks(qtype, rows * n // 256, rng, extremes=False).reshape(rows, -1)
+    return w, quant.dequantize(w, qtype, (rows, n)).astype(np.float64)
+
+
+def q8_k_weights(rows, n, rng):
+    blocks = np.zeros(rows * n // 256, dtype=Q8_K_BLOCK)
+    blocks["d"] = rng.uniform(0.001, 0.01, blocks.size)
+    blocks["qs"] = rng.integers(-128, 128, size=(blocks.size, 256))
+    return blocks.view(np.uint8).reshape(rows, -1)
+
+
+ALL_TYPES = K_TYPES + [T.Q8_K]
+
+
+@pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
+def test_matvec_matches_dequantized_product(qtype):
+    rng = np.random.default_rng(100 + int(qtype))
+    rows, n = 37, 768
+    w, wf = weights_and_reference(qtype, rows, n, rng)
+    x = rng.standard_normal(n).astype(np.float32)
+    got = quant.matvec(w, qtype, (rows, n), x)
+    assert relative_error(got, wf @ x, np.abs(wf) @ np.abs(x)) < 1e-5
+
+
+@pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("t", [1, 5])
+def test_matmul_matches_dequantized_product(qtype, t):
+    rng = np.random.default_rng(200 + int(qtype) + t)
+    rows, n = 13, 512
+    w, wf = weights_and_reference(qtype, rows, n, rng)
+    x = rng.standard_normal((t, n)).astype(np.float32)
+    got = quant.matmul(w, qtype, (rows, n), x)
+    assert got.shape == (t, rows)
+    assert relative_error(got, x @ wf.T, np.abs(x) @ np.abs(wf).T) < 1e-5
+
+
+def test_matvec_and_matmul_on_gemma_tensors(gemma_k_tensors):
+    rng = np.random.default_rng(7)
+    for name, qtype, data in gemma_k_tensors[::2]:  # one Q4_K, one Q6_K
+        rows = data.shape[0]
+        n = data.shape[1] // GGML_QUANT_SIZES[qtype][1] * 256
+        wf = gguf_dequantize(data, qtype).astype(np.float64)
+        x = rng.standard_normal((3, n)).astype(np.float32)
+        mv = quant.matvec(data, qtype, (rows, n), x[0])
+        assert relative_error(mv, wf @ x[0], np.abs(wf) @ np.abs(x[0])) < 1e-5, name
+        mm = quant.matmul(data, qtype, (rows, n), x)
+        assert relative_error(mm, x @ wf.T, np.abs(x) @ np.abs(wf).T) < 1e-5, name
+
+
+def test_registry_sizes_and_kernels():
+    for qtype in ALL_TYPES:
+        qt = quant.get(qtype)
+        assert (qt.block_size, qt.type_size) == GGML_QUANT_SIZES[qtype]
+        assert qt.row_bytes(512) == 2 * GGML_QUANT_SIZES[qtype][1]
+
+
+def test_kernels_reject_mismatched_shapes():
+    w = np.zeros((4, 2 * 144), dtype=np.uint8)  # Q4_K, n = 512
+    with pytest.raises(ValueError, match="activation length"):
+        kquants_dot.matvec_q4_k(np.empty(4, np.float32), w, np.zeros(256, np.float32))
+    with pytest.raises(ValueError, match="multiple of 256"):
+        kquants_dot.matvec_q4_k(np.empty(4, np.float32), w, np.zeros(500, np.float32))
+    with pytest.raises(ValueError, match="output length"):
+        kquants_dot.matvec_q4_k(np.empty(3, np.float32), w, np.zeros(512, np.float32))
+    with pytest.raises(ValueError, match="output rows"):
+        kquants_dot.matmul_q4_k(np.empty((3, 4), np.float32), w, np.zeros((2, 512), np.float32))
+    with pytest.raises(ValueError, match="do not match"):
+        kquants.dequantize_q4_k(np.empty(256, np.float32), np.zeros(143, np.uint8))
+    with pytest.raises(ValueError, match="needs 288 bytes"):
+        quant.dequantize(np.zeros(287, np.uint8), T.Q4_K, (512,))
