@@ -30,7 +30,7 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
@@ -46,7 +46,6 @@ ALIGNMENT_KEY = "general.alignment"
 ARCHITECTURE_KEY = "general.architecture"
 
 _HEADER = struct.Struct("<4sIQQ")  # magic, version, n_tensors, n_kv
-_U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _INT64_LIMIT = 1 << 63  # dims and element counts are int64 in ggml
 
@@ -75,7 +74,7 @@ _MIN_ELEMENT_BYTES = {
 }
 _MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, smallest value
 _MIN_TENSOR_INFO_BYTES = 8 + 4 + 8 + 4 + 8  # name length, n_dims, one dim, type, offset
-_INTEGER_TYPES = frozenset(t for t in _SCALAR_FORMATS if _ARRAY_DTYPES[t].kind in "iu" and t != GGUFValueType.BOOL)
+_INTEGER_TYPES = frozenset(vtype for vtype, fmt in _SCALAR_FORMATS.items() if fmt[1] in "bBhHiIqQ")
 
 
 class GGUFError(ValueError):
@@ -172,12 +171,12 @@ def _release(mapping: mmap.mmap) -> None:
 
 
 def parse_gguf(buffer, *, path: str | None = None) -> GGUFFile:
-    """Parse a whole GGUF file held in `buffer` (bytes, bytearray, mmap, memoryview).
+    """Parse a whole GGUF file held in `buffer` (bytes, bytearray or mmap).
 
     The tensors' data are read-only views into `buffer`.
     """
-    if isinstance(buffer, memoryview):
-        buffer = buffer.cast("B")  # lengths and offsets below count bytes
+    if not isinstance(buffer, (bytes, bytearray, mmap.mmap)):
+        raise TypeError(f"parse_gguf needs bytes, bytearray or mmap, not {type(buffer).__name__}")
     reader = _Reader(buffer)
     version, n_tensors, n_kv = reader.header()
     kv, kv_types, kv_array_types = reader.metadata(n_kv)
@@ -217,7 +216,7 @@ class _Reader:
         self.end = len(buffer)
         self.key_offsets: dict[str, int] = {}
 
-    def fail(self, message: str, at: int | None = None):
+    def fail(self, message: str, at: int | None = None) -> NoReturn:
         raise GGUFError(f"{message} (at byte offset {self.pos if at is None else at})")
 
     def take(self, size: int, what: str) -> int:
@@ -235,7 +234,7 @@ class _Reader:
     def string(self, what: str) -> str:
         size = self.scalar(GGUFValueType.UINT64, f"length of {what}")
         start = self.take(size, what)
-        return str(self.buf[start:start + size], "utf-8", "surrogateescape")
+        return self.buf[start:start + size].decode("utf-8", "surrogateescape")
 
     def header(self) -> tuple[int, int, int]:
         start = self.take(_HEADER.size, "GGUF header")
@@ -307,23 +306,29 @@ class _Reader:
         return values, elem_type
 
     def string_array(self, count: int, what: str) -> list[str]:
-        # The hot loop of the whole reader (262k tokens in Gemma 3): locals only, one decode each.
+        # The hot loop of the whole reader (262k tokens in Gemma 3): locals only, one decode per
+        # string, and the length read past the end left to struct to detect.
         buf, pos, end = self.buf, self.pos, self.end
         unpack_length = _U64.unpack_from
         strings = [""] * count
-        for i in range(count):
-            if end - pos < 8:
+        i = size = 0
+        try:
+            for i in range(count):
+                size = unpack_length(buf, pos)[0]
+                pos += 8
+                stop = pos + size
+                if stop > end:
+                    break
+                strings[i] = buf[pos:stop].decode("utf-8", "surrogateescape")
+                pos = stop
+            else:
                 self.pos = pos
-                self.fail(f"truncated file: length of {what}[{i}] needs 8 bytes but only {end - pos} remain")
-            size = unpack_length(buf, pos)[0]
-            pos += 8
-            if size > end - pos:
-                self.pos = pos
-                self.fail(f"truncated file: {what}[{i}] needs {size} bytes but only {end - pos} remain")
-            strings[i] = str(buf[pos:pos + size], "utf-8", "surrogateescape")
-            pos += size
+                return strings
+        except struct.error:
+            self.pos = pos
+            self.fail(f"truncated file: length of {what}[{i}] needs 8 bytes but only {end - pos} remain")
         self.pos = pos
-        return strings
+        self.fail(f"truncated file: {what}[{i}] needs {size} bytes but only {end - pos} remain")
 
     def tensor_infos(self, n_tensors: int) -> list[_TensorInfo]:
         infos = []

@@ -267,6 +267,9 @@ HOSTILE = {  # name -> (file bytes, pattern the message must contain)
     "string array element too long": (raw_file([raw_kv(b"k", V.ARRAY, struct.pack("<IQ", V.STRING, 2)
                                                        + raw_string(b"ab") + struct.pack("<Q", 2**50))]),
                                       r"truncated.*k'\[1\]"),
+    "string array length cut": (raw_file([raw_kv(b"k", V.ARRAY, struct.pack("<IQ", V.STRING, 2)
+                                                  + raw_string(b"abcdefgh") + b"\x01\0\0\0")], alignment=1),
+                                r"length of key 'k'\[1\] needs 8 bytes but only 4 remain"),
     "arrays nested too deep": (raw_file([raw_kv(b"k", V.ARRAY, nested(9))]), r"nested deeper than 8"),
     "duplicate key": (raw_file([ARCH_KV, ARCH_KV]), r"duplicate metadata key.*first at byte offset 24.*byte offset 69"),
     "alignment zero": (raw_file([raw_kv(b"general.alignment", V.UINT32, struct.pack("<I", 0))]),
@@ -311,6 +314,8 @@ def test_hostile_files_through_read_gguf(tmp_path):
     with pytest.raises(GGUFError, match="truncated"):
         read_gguf(tmp_path / "empty.gguf")
     assert issubclass(GGUFError, ValueError)
+    with pytest.raises(TypeError, match="bytes, bytearray or mmap"):
+        parse_gguf(memoryview(HOSTILE["wrong magic"][0]))
 
 
 def test_impossible_counts_allocate_nothing_large():
