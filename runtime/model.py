@@ -20,37 +20,19 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from ..formats.catalog import resolve
-from ..formats.chat_template import render_chat
+from ..formats.chat_template import CHATML_TEMPLATE, chat_template_for, render_chat
 from ..formats.tokenizer import load_tokenizer
+from .backends import get_backend
+from .engine import Engine
 from .generate import GenerationChunk, GenerationStats, KVContext, stream_generate
 from .sampling import make_sampler
 
 DEFAULT_MAX_TOKENS = 128
-
-# Used when a GGUF file carries no `tokenizer.chat_template` (llama.cpp falls back the same way).
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def _load_cpu_engine(path: Path, n_ctx: int, threads: int | None, n_batch: int):
-    from .engine import Engine
-    return Engine.load(path, n_ctx=n_ctx, threads=threads, n_batch=n_batch)
-
-
-# backend name -> loader(path, n_ctx, threads, n_batch) returning an engine.
-BACKENDS: dict[str, Callable[..., Any]] = {
-    "cpu": _load_cpu_engine,
-}
-
 
 def _check_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
@@ -80,16 +62,18 @@ class Model:
              n_batch: int = 512, backend: str = "cpu", chat_template: str | None = None) -> "Model":
         """Load a GGUF file (a path, or a catalog name pulled on first use).
 
-        chat_template overrides the template stored in the file (a Jinja2 string).
+        backend names an engine backend (runtime.backends.BACKENDS, "cpu" by default).
+        chat_template overrides the template stored in the file (a Jinja2 string); without
+        either, the architecture's built-in template or ChatML is used.
         """
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; available: {', '.join(sorted(BACKENDS))}")
+        get_backend(backend)            # an unknown backend fails before any download
         if not isinstance(n_ctx, (int, np.integer)) or n_ctx <= 0:
             raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
-        engine = BACKENDS[backend](resolve(model), n_ctx=n_ctx, threads=threads, n_batch=n_batch)
+        engine = Engine.load(resolve(model), n_ctx=n_ctx, threads=threads, n_batch=n_batch,
+                             backend=backend)
         kv = engine.gguf.kv
         return cls(engine, load_tokenizer(kv), n_ctx, name=str(model),
-                   chat_template=chat_template or kv.get("tokenizer.chat_template"))
+                   chat_template=chat_template or chat_template_for(kv))
 
     # ------------------------------------------------------------------ basics
 
