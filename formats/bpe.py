@@ -1,0 +1,138 @@
+"""Byte-level BPE (`tokenizer.ggml.model == "gpt2"`): pre-tokenize, then merge by rank.
+
+Each word's UTF-8 bytes are first written in GPT-2's printable byte alphabet (so that every
+byte is one visible character and a space is 'Ġ'), then adjacent symbols are merged, lowest
+merge rank first (rank = index in `tokenizer.ggml.merges`), ties going to the leftmost pair,
+exactly as llama.cpp's `llm_tokenizer_bpe_session` does with its priority queue. Results are
+cached per word: natural text repeats its words a lot.
+"""
+from __future__ import annotations
+
+import heapq
+
+from .pretokenize import PreTokenizer
+
+
+def _gpt2_byte_alphabet() -> str:
+    """256 characters: the printable stand-in for each byte value (GPT-2's bytes_to_unicode)."""
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    table = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return "".join(table[b] for b in range(256))
+
+
+BYTE_ALPHABET = _gpt2_byte_alphabet()
+# latin-1 decoding turns bytes into code points 0..255; translate then maps them to the alphabet.
+_LATIN1_TO_ALPHABET = {b: ch for b, ch in enumerate(BYTE_ALPHABET)}
+_ALPHABET_TO_BYTE = {ch: b for b, ch in enumerate(BYTE_ALPHABET)}
+
+_CACHE_LIMIT = 1 << 16   # words; cleared wholesale when full (cheap, and rarely reached)
+
+
+def byte_encode(text: str) -> str:
+    """`text`'s UTF-8 bytes spelled in the GPT-2 byte alphabet."""
+    return text.encode("utf-8").decode("latin-1").translate(_LATIN1_TO_ALPHABET)
+
+
+def byte_decode(token_text: str) -> bytes:
+    """Bytes of a byte-level token. A character outside the alphabet becomes the marker llama.cpp
+    writes for it: '[UNK_BYTE_0x<hex of its UTF-8>' followed by the whole token text and ']'."""
+    try:
+        return bytes([_ALPHABET_TO_BYTE[ch] for ch in token_text])
+    except KeyError:
+        out = bytearray()
+        for ch in token_text:
+            b = _ALPHABET_TO_BYTE.get(ch)
+            if b is not None:
+                out.append(b)
+            else:
+                out += f"[UNK_BYTE_0x{ch.encode('utf-8').hex()}{token_text}]".encode("utf-8")
+        return bytes(out)
+
+
+class BPEModel:
+    """Merging engine for one vocabulary: text fragment -> token ids (no special tokens)."""
+
+    def __init__(self, token_to_id: dict[str, int], merges: list[str], pre: PreTokenizer):
+        self.token_to_id = token_to_id
+        self.pre = pre
+        # Key "left right": llama.cpp splits each merge at its first space after position 0;
+        # byte-level symbols never contain a raw space (it is 'Ġ'), so the joined string is an
+        # unambiguous key. Later duplicates must not override the first rank (reversed build).
+        n = len(merges)
+        self.ranks: dict[str, int] = dict(zip(reversed(merges), range(n - 1, -1, -1)))
+        self._cache: dict[str, tuple[int, ...]] = {}
+
+    def encode(self, text: str) -> list[int]:
+        out: list[int] = []
+        cache = self._cache
+        for word in self.pre.split(text):
+            ids = cache.get(word)
+            if ids is None:
+                if len(cache) >= _CACHE_LIMIT:
+                    cache.clear()
+                ids = cache[word] = self._word_ids(word)
+            out.extend(ids)
+        return out
+
+    def _word_ids(self, word: str) -> tuple[int, ...]:
+        encoded = byte_encode(word)
+        whole = self.token_to_id.get(encoded) if self.pre.ignore_merges else None
+        if whole is not None:
+            return (whole,)
+        ids: list[int] = []
+        for symbol in self._merge(list(encoded)):
+            tid = self.token_to_id.get(symbol)
+            if tid is not None:
+                ids.append(tid)
+                continue
+            # A symbol missing from the vocabulary falls back to one token per byte of its
+            # UTF-8 text, keeping only bytes that are tokens on their own (ASCII here).
+            for b in symbol.encode("utf-8"):
+                tid = self.token_to_id.get(chr(b)) if b < 0x80 else None
+                if tid is not None:
+                    ids.append(tid)
+        return tuple(ids)
+
+    def _merge(self, text: list[str]) -> list[str]:
+        """Merge adjacent symbols of one word in rank order; `text` is modified in place."""
+        n = len(text)
+        if n < 2:
+            return text
+        ranks = self.ranks
+        nxt = list(range(1, n + 1))
+        nxt[-1] = -1
+        prv = list(range(-1, n - 1))
+        heap = []
+        for i in range(n - 1):
+            pair = text[i] + text[i + 1]
+            rank = ranks.get(text[i] + " " + text[i + 1])
+            if rank is not None:
+                heap.append((rank, i, i + 1, pair))
+        heapq.heapify(heap)
+        while heap:
+            _, left, right, pair = heapq.heappop(heap)
+            lt, rt = text[left], text[right]
+            if not lt or not rt or lt + rt != pair:
+                continue   # stale: one side was merged since this pair was queued
+            text[left] = pair
+            text[right] = ""
+            after = nxt[right]
+            nxt[left] = after
+            if after >= 0:
+                prv[after] = left
+            before = prv[left]
+            if before >= 0:
+                self._push(heap, text, before, left)
+            if after >= 0:
+                self._push(heap, text, left, after)
+        return [t for t in text if t]
+
+    def _push(self, heap: list, text: list[str], left: int, right: int) -> None:
+        rank = self.ranks.get(text[left] + " " + text[right])
+        if rank is not None:
+            heapq.heappush(heap, (rank, left, right, text[left] + text[right]))

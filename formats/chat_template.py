@@ -1,0 +1,156 @@
+"""Chat templates: the Jinja2 program in `tokenizer.chat_template` turned into a prompt string.
+
+Rendering matches what Hugging Face transformers' `apply_chat_template` does with the same
+template: a sandboxed, immutable Jinja2 environment with trim_blocks and lstrip_blocks, the
+loop-control extension, the helpers templates call (`raise_exception`, `strftime_now`) and a
+`tojson` filter that is plain `json.dumps` (Jinja's own escapes HTML characters and knows no
+ensure_ascii). Templates come from model files, i.e. from strangers: the sandbox refuses
+attribute access to internals (`__class__`, `__globals__`, ...) and any such attempt raises
+ChatTemplateSecurityError at once instead of rendering an empty string.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from datetime import datetime
+
+import jinja2
+import jinja2.ext
+from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+
+class ChatTemplateError(ValueError):
+    """The template does not compile, fails while rendering, or rejects the conversation."""
+
+
+class ChatTemplateSecurityError(ChatTemplateError):
+    """The template tried to reach Python internals the sandbox forbids."""
+
+
+class _GenerationBlock(jinja2.ext.Extension):
+    """`{% generation %}...{% endgeneration %}` (transformers marks assistant text with it for
+    training masks); here the block simply renders its body."""
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.Scope(body, lineno=lineno)
+
+
+class _StrictSandbox(ImmutableSandboxedEnvironment):
+    def unsafe_undefined(self, obj, attribute):
+        # The stock sandbox returns an Undefined that only fails when used further, so
+        # `{{ x.__class__ }}` would print nothing; a hostile template should fail loudly.
+        raise SecurityError(f"access to attribute {attribute!r} of "
+                            f"{type(obj).__name__!r} object is unsafe")
+
+
+def _raise_exception(message):
+    raise TemplateError(str(message))
+
+
+def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
+
+
+def _strftime_now(fmt):
+    return datetime.now().strftime(fmt)
+
+
+@functools.cache
+def _environment() -> ImmutableSandboxedEnvironment:
+    env = _StrictSandbox(trim_blocks=True, lstrip_blocks=True,
+                         extensions=[_GenerationBlock, jinja2.ext.loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env
+
+
+@functools.lru_cache(maxsize=32)
+def _compile(template: str) -> jinja2.Template:
+    try:
+        return _environment().from_string(template)
+    except TemplateSyntaxError as e:
+        raise ChatTemplateError(f"chat template syntax error at line {e.lineno}: {e.message}") from e
+
+
+def render_chat(template: str, messages: list[dict], add_generation_prompt: bool = True,
+                bos_token: str = "", eos_token: str = "", **extra) -> str:
+    """The prompt `template` makes of `messages` ([{"role": ..., "content": ...}, ...]).
+
+    `extra` reaches the template as further variables (tools=..., documents=..., any custom
+    flag); tools and documents default to None as in transformers, so `{% if tools is not
+    none %}` behaves the same. Raises ChatTemplateError (a ValueError) naming the problem.
+    """
+    if not isinstance(template, str) or not template:
+        raise ChatTemplateError("chat template must be a non-empty string")
+    compiled = _compile(template)
+    context = {"tools": None, "documents": None, **extra, "messages": messages,
+               "add_generation_prompt": add_generation_prompt,
+               "bos_token": bos_token, "eos_token": eos_token}
+    try:
+        return compiled.render(**context)
+    except SecurityError as e:
+        raise ChatTemplateSecurityError(f"chat template blocked by the sandbox: {e}") from e
+    except TemplateError as e:
+        raise ChatTemplateError(f"chat template error: {e.message or e}") from e
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError) as e:
+        raise ChatTemplateError(f"chat template failed while rendering: "
+                                f"{type(e).__name__}: {e}") from e
+
+
+# Used where a GGUF file carries no template. ChatML is llama.cpp's fallback; Gemma models are
+# trained on their own turn format, so the Gemma architectures get that one instead.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# Gemma turn format: <start_of_turn>user|model ... <end_of_turn>; no system role, so a system
+# message opens the first user turn followed by a blank line; turns must alternate.
+GEMMA_TEMPLATE = r"""{{- bos_token -}}
+{%- if messages and messages[0]['role'] == 'system' -%}
+  {%- set preamble = messages[0]['content'] + '\n\n' -%}
+  {%- set turns = messages[1:] -%}
+{%- else -%}
+  {%- set preamble = '' -%}
+  {%- set turns = messages -%}
+{%- endif -%}
+{%- for message in turns -%}
+  {%- set expected = 'user' if loop.index0 % 2 == 0 else 'assistant' -%}
+  {%- if message['role'] != expected -%}
+    {{- raise_exception('Gemma turns must alternate user/assistant starting with user; turn '
+                        ~ loop.index ~ ' is ' ~ message['role']) -}}
+  {%- endif -%}
+  {{- '<start_of_turn>' ~ ('model' if message['role'] == 'assistant' else 'user') ~ '\n' -}}
+  {{- preamble if loop.first else '' -}}
+  {%- if message['content'] is string -%}
+    {{- message['content'] | trim -}}
+  {%- else -%}
+    {%- for part in message['content'] -%}
+      {{- '<start_of_image>' if part['type'] == 'image' else part['text'] | trim -}}
+    {%- endfor -%}
+  {%- endif -%}
+  {{- '<end_of_turn>\n' -}}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+  {{- '<start_of_turn>model\n' -}}
+{%- endif -%}
+"""
+
+# general.architecture -> built-in template for files without tokenizer.chat_template
+BUILTIN_TEMPLATES = {"gemma": GEMMA_TEMPLATE, "gemma2": GEMMA_TEMPLATE, "gemma3": GEMMA_TEMPLATE}
+
+
+def chat_template_for(kv: dict) -> str:
+    """The file's own template, else the built-in one for its architecture, else ChatML."""
+    own = kv.get("tokenizer.chat_template")
+    if own:
+        return own
+    return BUILTIN_TEMPLATES.get(kv.get("general.architecture"), CHATML_TEMPLATE)

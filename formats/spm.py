@@ -1,0 +1,127 @@
+"""SentencePiece-style vocabulary (`tokenizer.ggml.model == "llama"`), merged the llama.cpp way.
+
+This is llama.cpp's `llm_tokenizer_spm`, not the sentencepiece library's unigram search: the
+text (spaces already escaped to '▁') starts as one symbol per character; any adjacent pair
+whose concatenation is a vocabulary token is a candidate, and the candidate with the highest
+token score merges first (ties: leftmost). Symbols that end up outside the vocabulary are
+spelled with byte tokens <0xNN>.
+
+Speed: merges never cross a point where no vocabulary token spans the two characters around
+it, so the text is cut before each '▁' that follows a character c with no token containing
+"c▁" (for most vocabularies: any c but '▁'). The pieces merge independently — identical result,
+tie order included, since ties only compare positions inside one piece — and are cached.
+"""
+from __future__ import annotations
+
+import functools
+import heapq
+import re
+from typing import Iterable
+
+ESCAPED_SPACE = "\u2581"   # '▁'
+_CACHE_LIMIT = 1 << 16
+
+
+def _cut_pattern(tokens: Iterable[str]) -> re.Pattern:
+    """Zero-width matches where the escaped text may be cut into independent pieces."""
+    crossing = set(ESCAPED_SPACE)
+    for t in [t for t in tokens if ESCAPED_SPACE in t[1:]]:   # few tokens; one C-level test each
+        pos = t.find(ESCAPED_SPACE, 1)
+        while pos > 0:
+            crossing.add(t[pos - 1])
+            pos = t.find(ESCAPED_SPACE, pos + 1)
+    no_cut_before = "".join(sorted(re.escape(c) for c in crossing))
+    return re.compile(f"(?<=[^{no_cut_before}])(?={ESCAPED_SPACE})")
+
+
+class SPMModel:
+    """Merging engine for one vocabulary: escaped text fragment -> token ids."""
+
+    def __init__(self, token_to_id: dict[str, int], scores: list[float]):
+        self.token_to_id = token_to_id
+        self.scores = scores
+        self.byte_ids = [self._byte_token(token_to_id, b) for b in range(256)]
+        self._cache: dict[str, tuple[int, ...]] = {}
+
+    @functools.cached_property
+    def _cut(self) -> re.Pattern:
+        # built on first use: a scan of the whole vocabulary, not needed to load the model
+        return _cut_pattern(self.token_to_id)
+
+    @staticmethod
+    def _byte_token(token_to_id: dict[str, int], b: int) -> int | None:
+        tid = token_to_id.get(f"<0x{b:02X}>")
+        if tid is None and b < 0x80:
+            tid = token_to_id.get(chr(b))   # llama.cpp's fallback: the byte as a one-char token
+        return tid
+
+    def encode(self, escaped: str) -> list[int]:
+        out: list[int] = []
+        cache = self._cache
+        for piece in self._cut.split(escaped):
+            if not piece:
+                continue
+            ids = cache.get(piece)
+            if ids is None:
+                if len(cache) >= _CACHE_LIMIT:
+                    cache.clear()
+                ids = cache[piece] = self._piece_ids(piece)
+            out.extend(ids)
+        return out
+
+    def _piece_ids(self, piece: str) -> tuple[int, ...]:
+        ids: list[int] = []
+        for symbol in self._merge(piece):
+            tid = self.token_to_id.get(symbol)
+            if tid is not None:
+                ids.append(tid)
+                continue
+            for b in symbol.encode("utf-8"):
+                bid = self.byte_ids[b]
+                if bid is None:
+                    raise ValueError(f"vocabulary has no byte token <0x{b:02X}> to spell "
+                                     f"{symbol!r}")
+                ids.append(bid)
+        return tuple(ids)
+
+    def _merge(self, piece: str) -> list[str]:
+        text = list(piece)
+        n = len(text)
+        if n < 2:
+            return text
+        nxt = list(range(1, n + 1))
+        nxt[-1] = -1
+        prv = list(range(-1, n - 1))
+        heap = []
+        for i in range(n - 1):
+            self._candidate(heap, text, i, i + 1, push=False)
+        heapq.heapify(heap)
+        while heap:
+            _, left, right, size = heapq.heappop(heap)
+            lt, rt = text[left], text[right]
+            if not lt or not rt or len(lt) + len(rt) != size:
+                continue   # stale: a side was merged since this pair was queued
+            text[left] = lt + rt
+            text[right] = ""
+            after = nxt[right]
+            nxt[left] = after
+            if after >= 0:
+                prv[after] = left
+            before = prv[left]
+            if before >= 0:
+                self._candidate(heap, text, before, left)
+            if after >= 0:
+                self._candidate(heap, text, left, after)
+        return [t for t in text if t]
+
+    def _candidate(self, heap: list, text: list[str], left: int, right: int,
+                   push: bool = True) -> None:
+        tid = self.token_to_id.get(text[left] + text[right])
+        if tid is None:
+            return
+        # Highest score first, then leftmost: heapq pops the smallest tuple.
+        entry = (-self.scores[tid], left, right, len(text[left]) + len(text[right]))
+        if push:
+            heapq.heappush(heap, entry)
+        else:
+            heap.append(entry)
