@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
-from llvmlite import ir
 from numba import literally, njit, prange, types
-from numba.extending import intrinsic, overload
+from numba.extending import overload
+
+from .float_bits import f16_bits_to_f32, i32_as_f32
 
 QK_K = 256
 Q2_K_BYTES = GGML_QUANT_SIZES[T.Q2_K][1]
@@ -36,35 +37,11 @@ Q5_K_BYTES = GGML_QUANT_SIZES[T.Q5_K][1]
 Q6_K_BYTES = GGML_QUANT_SIZES[T.Q6_K][1]
 Q8_K_BYTES = GGML_QUANT_SIZES[T.Q8_K][1]
 
-# Numba cannot reinterpret a scalar's bits; this emits the one LLVM bitcast we need.
-@intrinsic
-def _u32_bits_as_f32(typingctx, bits):
-    if not isinstance(bits, types.Integer):
-        return None
-    sig = types.float32(bits)
-
-    def codegen(context, builder, signature, args):
-        word = builder.trunc(args[0], ir.IntType(32)) if bits.bitwidth > 32 else args[0]
-        return builder.bitcast(word, ir.FloatType())
-
-    return sig, codegen
-
 
 @njit(cache=True, inline="always")
 def f16_at(b, i):
     """The little-endian IEEE half at b[i:i+2] (u8 array) as float32, exactly."""
-    h = np.int64(b[i]) | (np.int64(b[i + 1]) << 8)
-    sign = h >> 15
-    exponent = (h >> 10) & 0x1F
-    mantissa = h & 0x3FF
-    if exponent == 0:  # zero or subnormal: mantissa * 2**-24 is exact in float32
-        v = np.float32(mantissa) * np.float32(5.9604644775390625e-08)
-        return -v if sign else v
-    if exponent == 31:  # inf / nan keep their payload
-        bits = (sign << 31) | 0x7F800000 | (mantissa << 13)
-    else:
-        bits = (sign << 31) | ((exponent + 112) << 23) | (mantissa << 13)
-    return _u32_bits_as_f32(bits)
+    return f16_bits_to_f32(np.int64(b[i]) | (np.int64(b[i + 1]) << 8))
 
 
 @njit(cache=True, inline="always")
@@ -72,7 +49,7 @@ def f32_at(b, i):
     """The little-endian float32 at b[i:i+4] (u8 array)."""
     bits = (np.int64(b[i]) | (np.int64(b[i + 1]) << 8)
             | (np.int64(b[i + 2]) << 16) | (np.int64(b[i + 3]) << 24))
-    return _u32_bits_as_f32(bits)
+    return i32_as_f32(np.int32(bits))  # the int32 conversion keeps the low 32 bits
 
 
 @njit(cache=True, inline="always")
