@@ -74,9 +74,10 @@ class IncrementalDecoder:
 
     def add(self, token_id: int) -> str:
         tok = self._tok
-        if self._held_eos:
+        released = ""
+        if self._held_eos:   # it was not the last token after all
             self._held_eos = False
-            self._emit_piece(tok.eos_id)
+            released = self._emit_piece(tok.eos_id)
         if self._first:
             self._first = False
             if self._skip_special and tok.add_bos and token_id == tok.bos_id:
@@ -84,8 +85,8 @@ class IncrementalDecoder:
                 return ""
         if self._skip_special and tok.add_eos and token_id == tok.eos_id:
             self._held_eos = True
-            return ""
-        return self._emit_piece(token_id)
+            return released
+        return released + self._emit_piece(token_id)
 
     def flush(self) -> str:
         self._held_eos = False
