@@ -143,7 +143,9 @@ class Tokenizer:
 
         engine = TOKENIZER_MODELS[model](kv, self.tokens, self.token_to_id)
         self._engine = engine
-        self.add_space_prefix = engine.add_space_prefix
+        # read for every model: llama_detokenize strips the first leading space when it is set
+        self.add_space_prefix = bool(kv.get("tokenizer.ggml.add_space_prefix",
+                                            engine.add_space_prefix))
         self.clean_spaces = engine.clean_spaces
         self.add_bos = bool(kv.get("tokenizer.ggml.add_bos_token", engine.add_bos))
         self.add_eos = bool(kv.get("tokenizer.ggml.add_eos_token", engine.add_eos))

@@ -12,7 +12,8 @@ parse_special modes, llama_detokenize of those ids, and token_to_piece of a samp
 Behaviour none of the catalog models exercises is covered by variants: a catalog model's
 metadata in a tensor-less GGUF with a few keys replaced or removed -- SmolLM2's vocabulary
 under the gpt-2, llama-bpe, default and starcoder pre-tokenizers (add_bos_token removed, so
-llama.cpp's default for the pre-tokenizer applies), and Gemma's with add_space_prefix on.
+llama.cpp's default for the pre-tokenizer applies), and Gemma's and SmolLM2's with
+add_space_prefix on.
 Each fixture records its variant ({"of", "set", "drop"}); tests rebuild the same metadata.
 """
 from __future__ import annotations
@@ -41,6 +42,7 @@ VARIANTS = {
        for name, pre in (("bpe_gpt2", "gpt-2"), ("bpe_llama3", "llama-bpe"),
                          ("bpe_default", "default"), ("bpe_starcoder", "starcoder"))},
     "spm_space_prefix": ("gemma3", {"tokenizer.ggml.add_space_prefix": True}, []),
+    "bpe_space_prefix": ("smollm2", {"tokenizer.ggml.add_space_prefix": True}, []),
 }
 
 # The 24 texts of the shared SmolLM2 reference (tokenize cases), then texts of our own.
