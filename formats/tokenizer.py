@@ -57,7 +57,9 @@ def _bpe_engine(kv: dict, tokens: list[str], token_to_id: dict[str, int]) -> _En
         encode_fragment=lambda text, after_special: model.encode(text),
         normal_piece=byte_decode,
         special_defaults={"bos": 11, "eos": 11, "unk": None},
-        add_bos=pre.add_bos, add_eos=False, add_space_prefix=False,
+        add_bos=pre.add_bos, add_eos=False,
+        # unused when encoding BPE, but llama_detokenize strips the first space when it is set
+        add_space_prefix=bool(kv.get("tokenizer.ggml.add_space_prefix", False)),
         clean_spaces=pre.clean_spaces)
 
 
@@ -128,7 +130,14 @@ def _validate_tokens(raw) -> list[str]:
 
 
 class Tokenizer:
-    """Text <-> token ids for one GGUF vocabulary (see module docstring)."""
+    """Text <-> token ids for one GGUF vocabulary (see module docstring).
+
+    Attributes: n_vocab; tokens (id -> text) and token_to_id; attrs (TokenAttr per id);
+    bos_id / eos_id / eot_id (None where llama.cpp has none: the metadata's id, else its
+    default for the model -- 1/2 for "llama", 11/11 for "gpt2" -- if inside the vocabulary);
+    eot_ids, every id that ends generation (llama.cpp's EOG set); add_bos / add_eos, whether
+    encode(add_special=True) adds them; add_space_prefix and clean_spaces (decoding rules).
+    """
 
     def __init__(self, kv: dict):
         model = kv.get("tokenizer.ggml.model")
@@ -143,9 +152,7 @@ class Tokenizer:
 
         engine = TOKENIZER_MODELS[model](kv, self.tokens, self.token_to_id)
         self._engine = engine
-        # read for every model: llama_detokenize strips the first leading space when it is set
-        self.add_space_prefix = bool(kv.get("tokenizer.ggml.add_space_prefix",
-                                            engine.add_space_prefix))
+        self.add_space_prefix = engine.add_space_prefix
         self.clean_spaces = engine.clean_spaces
         self.add_bos = bool(kv.get("tokenizer.ggml.add_bos_token", engine.add_bos))
         self.add_eos = bool(kv.get("tokenizer.ggml.add_eos_token", engine.add_eos))
