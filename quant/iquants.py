@@ -1,1 +1,209 @@
-"""(being written)"""
+"""The 4-bit non-linear I-quants IQ4_NL and IQ4_XS: layouts, dequantize, matvec, matmul.
+
+Both map a 4-bit index through the same 16-entry non-uniform table
+(`KVALUES`, denser near zero where weights are) and scale groups of 32.
+
+    IQ4_NL  18 B per 32 weights:  d f16 | qs[16]
+    IQ4_XS 136 B per 256 weights: d f16 | scales_h u16 | scales_l[4] | qs[128]
+
+In both, qs byte j of a 32-group holds element j (low nibble) and element
+j + 16 (high nibble).  IQ4_XS gives each of its 8 groups a 6-bit scale
+ls (low 4 bits: nibble g % 2 of scales_l[g // 2]; high 2 bits: bits 2g, 2g+1
+of scales_h) and the group's weights are d * (ls - 32) * KVALUES[q].
+
+The decoders reproduce gguf-py's float32 order (d * q, and (d * (ls - 32)) * q)
+so `dequantize` is bit-identical to gguf.quants.dequantize; they run without
+fastmath.  matvec/matmul reassociate their sums (fastmath) and are tested
+against dequantize(W) @ x with a tolerance.  Quantizers: iquant_quantize.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from numba import njit, prange
+
+from .float_bits import f16_bits_to_f32
+from .registry import QuantType, register
+
+f32 = np.float32
+KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
+                   dtype=np.int8)
+_KV = KVALUES.astype(np.float32)  # the table as the kernels use it (exact small integers)
+
+NL_BLOCK, NL_BYTES = GGML_QUANT_SIZES[GGMLQuantizationType.IQ4_NL]  # 32, 18
+XS_BLOCK, XS_BYTES = GGML_QUANT_SIZES[GGMLQuantizationType.IQ4_XS]  # 256, 136
+DOT_FASTMATH = {"reassoc", "contract"}
+
+
+@njit(cache=True, inline="always")
+def f16_at(b, i):
+    """The little-endian half at b[i:i+2] (u8 array) as float32."""
+    return f16_bits_to_f32(np.intp(b[i]) | (np.intp(b[i + 1]) << 8))
+
+
+@njit(cache=True, inline="always")
+def xs_group_scale(b, i, g):
+    """Signed scale ls - 32 (-32..31) of group g (0..7) of the IQ4_XS block at b[i:]."""
+    lo = (np.intp(b[i + 4 + g // 2]) >> (4 * (g % 2))) & 0xF
+    hi = ((np.intp(b[i + 2]) | (np.intp(b[i + 3]) << 8)) >> (2 * g)) & 3
+    return (lo | (hi << 4)) - 32
+
+
+@njit(cache=True, inline="always")
+def decode_group(out, o, scale, b, q):
+    """out[o:o+32] = scale * KVALUES[nibbles of b[q:q+16]] (low nibbles first)."""
+    for j in range(16):
+        v = np.intp(b[q + j])
+        out[o + j] = scale * _KV[v & 0xF]
+        out[o + 16 + j] = scale * _KV[v >> 4]
+
+
+@njit(cache=True, inline="always")
+def decode_nl_block(out, o, b, i):
+    """out[o:o+32] <- the IQ4_NL block at b[i:i+18]."""
+    decode_group(out, o, f16_at(b, i), b, i + 2)
+
+
+@njit(cache=True, inline="always")
+def decode_xs_block(out, o, b, i):
+    """out[o:o+256] <- the IQ4_XS block at b[i:i+136]."""
+    d = f16_at(b, i)
+    for g in range(8):
+        decode_group(out, o + 32 * g, d * f32(xs_group_scale(b, i, g)), b, i + 8 + 16 * g)
+
+
+@njit(cache=True, parallel=True)
+def dequantize_iq4_nl(out, blocks):
+    """out: f32[n_blocks * 32] <- blocks: u8[n_blocks * 18]."""
+    n_blocks = blocks.size // NL_BYTES
+    if blocks.size != n_blocks * NL_BYTES or out.size != n_blocks * NL_BLOCK:
+        raise ValueError("IQ4_NL dequantize: block bytes and output length do not match")
+    for k in prange(n_blocks):
+        decode_nl_block(out, k * NL_BLOCK, blocks, k * NL_BYTES)
+
+
+@njit(cache=True, parallel=True)
+def dequantize_iq4_xs(out, blocks):
+    """out: f32[n_blocks * 256] <- blocks: u8[n_blocks * 136]."""
+    n_blocks = blocks.size // XS_BYTES
+    if blocks.size != n_blocks * XS_BYTES or out.size != n_blocks * XS_BLOCK:
+        raise ValueError("IQ4_XS dequantize: block bytes and output length do not match")
+    for k in prange(n_blocks):
+        decode_xs_block(out, k * XS_BLOCK, blocks, k * XS_BYTES)
+
+
+# ---------------------------------------------------------------- dot products
+
+@njit(cache=True, inline="always", fastmath=DOT_FASTMATH)
+def dot_group(b, q, x, xo):
+    """sum_j KVALUES[nibble j of b[q:q+16]] * x[xo + j] over one 32-group (unscaled)."""
+    lo = f32(0.0)
+    hi = f32(0.0)
+    for j in range(16):
+        v = np.intp(b[q + j])
+        lo += _KV[v & 0xF] * x[xo + j]
+        hi += _KV[v >> 4] * x[xo + 16 + j]
+    return lo + hi
+
+
+@njit(cache=True, inline="always", fastmath=DOT_FASTMATH)
+def dot_nl_row(row, x):
+    """dequantize(row) . x for one IQ4_NL row u8[n // 32 * 18] and x f32[n]."""
+    acc = f32(0.0)
+    for k in range(x.size // NL_BLOCK):
+        i = k * NL_BYTES
+        acc += f16_at(row, i) * dot_group(row, i + 2, x, k * NL_BLOCK)
+    return acc
+
+
+@njit(cache=True, inline="always", fastmath=DOT_FASTMATH)
+def dot_xs_row(row, x):
+    """dequantize(row) . x for one IQ4_XS row u8[n // 256 * 136] and x f32[n]."""
+    acc = f32(0.0)
+    for k in range(x.size // XS_BLOCK):
+        i = k * XS_BYTES
+        block = f32(0.0)
+        for g in range(8):
+            block += f32(xs_group_scale(row, i, g)) * dot_group(row, i + 8 + 16 * g, x, k * XS_BLOCK + 32 * g)
+        acc += f16_at(row, i) * block
+    return acc
+
+
+@njit(cache=True, inline="always")
+def _check_shapes(out_rows, w, n, block, nbytes):
+    if n % block:
+        raise ValueError("IQ4 matvec/matmul: activation length is not a multiple of the block size")
+    if w.shape[1] != n // block * nbytes:
+        raise ValueError("IQ4 matvec/matmul: weight row bytes do not match the activation length")
+    if out_rows != w.shape[0]:
+        raise ValueError("IQ4 matvec/matmul: output length does not match the weight rows")
+
+
+@njit(cache=True, parallel=True, fastmath=DOT_FASTMATH)
+def matvec_iq4_nl(out, w, x):
+    """out: f32[rows] <- w: u8[rows, n // 32 * 18] (IQ4_NL) @ x: f32[n]."""
+    _check_shapes(out.size, w, x.size, NL_BLOCK, NL_BYTES)
+    for r in prange(w.shape[0]):
+        out[r] = dot_nl_row(w[r], x)
+
+
+@njit(cache=True, parallel=True, fastmath=DOT_FASTMATH)
+def matvec_iq4_xs(out, w, x):
+    """out: f32[rows] <- w: u8[rows, n // 256 * 136] (IQ4_XS) @ x: f32[n]."""
+    _check_shapes(out.size, w, x.size, XS_BLOCK, XS_BYTES)
+    for r in prange(w.shape[0]):
+        out[r] = dot_xs_row(w[r], x)
+
+
+@njit(cache=True, inline="always", fastmath=DOT_FASTMATH)
+def dot_decoded_row(out, r, wrow, x):
+    """out[t, r] = wrow . x[t] for every activation row t (wrow: decoded f32[n])."""
+    for t in range(x.shape[0]):
+        acc = f32(0.0)
+        for j in range(wrow.size):
+            acc += wrow[j] * x[t, j]
+        out[t, r] = acc
+
+
+@njit(cache=True, parallel=True, fastmath=DOT_FASTMATH)
+def matmul_iq4_nl(out, w, x):
+    """out: f32[t, rows] <- x: f32[t, n] @ w.T, w: u8[rows, n // 32 * 18] (IQ4_NL).
+
+    Each weight row is decoded once into a float buffer and reused for all t.
+    """
+    n = x.shape[1]
+    _check_shapes(out.shape[1], w, n, NL_BLOCK, NL_BYTES)
+    if out.shape[0] != x.shape[0]:
+        raise ValueError("IQ4_NL matmul: output rows do not match the activation rows")
+    for r in prange(w.shape[0]):
+        wrow = np.empty(n, dtype=np.float32)
+        for k in range(n // NL_BLOCK):
+            decode_nl_block(wrow, k * NL_BLOCK, w[r], k * NL_BYTES)
+        dot_decoded_row(out, r, wrow, x)
+
+
+@njit(cache=True, parallel=True, fastmath=DOT_FASTMATH)
+def matmul_iq4_xs(out, w, x):
+    """out: f32[t, rows] <- x: f32[t, n] @ w.T, w: u8[rows, n // 256 * 136] (IQ4_XS).
+
+    Each weight row is decoded once into a float buffer and reused for all t.
+    """
+    n = x.shape[1]
+    _check_shapes(out.shape[1], w, n, XS_BLOCK, XS_BYTES)
+    if out.shape[0] != x.shape[0]:
+        raise ValueError("IQ4_XS matmul: output rows do not match the activation rows")
+    for r in prange(w.shape[0]):
+        wrow = np.empty(n, dtype=np.float32)
+        for k in range(n // XS_BLOCK):
+            decode_xs_block(wrow, k * XS_BLOCK, w[r], k * XS_BYTES)
+        dot_decoded_row(out, r, wrow, x)
+
+
+# ---------------------------------------------------------------- registration
+
+from .iquant_quantize import quantize_iq4_nl, quantize_iq4_xs  # noqa: E402
+
+register(QuantType(GGMLQuantizationType.IQ4_NL, dequantize=dequantize_iq4_nl,
+                   matvec=matvec_iq4_nl, matmul=matmul_iq4_nl, quantize=quantize_iq4_nl))
+register(QuantType(GGMLQuantizationType.IQ4_XS, dequantize=dequantize_iq4_xs,
+                   matvec=matvec_iq4_xs, matmul=matmul_iq4_xs, quantize=quantize_iq4_xs))

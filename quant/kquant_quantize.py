@@ -21,16 +21,22 @@ they are attached to the registry at import.
 from __future__ import annotations
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import GGMLQuantizationType
 from numba import njit, prange
 
 from .float_bits import f16_bits_to_f32, f32_to_f16_bits, nearest_int
-from .kquant_search import GROUP_MAX_EPS, make_affine_quants, make_q3_quants, make_symmetric_quants
+from .kquant_search import (GROUP_MAX_EPS, make_affine_quants, make_q3_quants, make_symmetric_quants,
+                            to_groups)
+from .quantizer_kit import row_quantizer
 from .registry import register_quantizer
 
 f32 = np.float32
 QK_K = 256
 _jit = dict(cache=True, error_model="numpy")
+
+# The searches run on a whole row at once, group-major: L[i, g] is the level of
+# element i of group g (see kquant_search.py); super-block b owns groups
+# b * (256 // group) onwards.
 
 
 @njit(**_jit, inline="always")
@@ -47,65 +53,63 @@ def _clamp(v, lo, hi):
     return lo if v < lo else (hi if v > hi else v)
 
 
+@njit(**_jit, inline="always")
+def _level(L, g0, e):
+    """Level of element e (0..255) of the super-block whose first group is g0."""
+    gs = L.shape[0]
+    return np.intp(L[e % gs, g0 + e // gs])
+
+
 @njit(**_jit)
-def _pack_2bit(qs, L):
-    """qs: u8[64] <- L: [256] levels 0..3; byte l of each 128-run holds elements l, l+32, l+64, l+96."""
+def _pack_2bit(qs, L, g0):
+    """qs: u8[64] <- levels 0..3; byte l of each 128-run holds elements l, l+32, l+64, l+96."""
     for j in range(0, QK_K, 128):
         for l in range(32):
-            qs[j // 4 + l] = (L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4)
-                              | (L[j + l + 96] << 6))
+            qs[j // 4 + l] = (_level(L, g0, j + l) | (_level(L, g0, j + l + 32) << 2)
+                              | (_level(L, g0, j + l + 64) << 4) | (_level(L, g0, j + l + 96) << 6))
 
 
 @njit(**_jit)
-def _affine_levels(L, x, d, dmin, sc, mn, group, nmax):
-    """Final levels of one group against its stored (rounded) scale and min.
+def _affine_levels(L, xt, g, d, dmin, sc, mn, nmax):
+    """Final levels of group g against its stored (rounded) scale and min.
 
-    L: u8[group] out; x: f32[group]; d, dmin: f32 super-block halves;
-    sc, mn: int 4/6-bit group scale and min.  A zero scale keeps the levels
-    from the search, as llama.cpp does.
+    L: u8[gs, G]; xt: f32[gs, G]; d, dmin: f32 super-block halves; sc, mn: int
+    group scale and min.  A zero scale keeps the searched levels, as llama.cpp does.
     """
     dl = d * f32(sc)
     if dl == f32(0.0):
         return
     ml = dmin * f32(mn)
-    for i in range(group):
-        L[i] = _clamp(nearest_int((x[i] + ml) / dl), 0, nmax)
+    for i in range(L.shape[0]):
+        L[i, g] = _clamp(nearest_int((xt[i, g] + ml) / dl), 0, nmax)
 
 
 @njit(**_jit)
-def _symmetric_levels(L, x, dl, nmax):
-    """L[i] = clamp(round(x[i] / dl), -nmax, nmax - 1) + nmax; a zero dl keeps L."""
+def _symmetric_levels(L, xt, g, dl, nmax):
+    """L[:, g] = clamp(round(x / dl), -nmax, nmax - 1) + nmax; a zero dl keeps L."""
     if dl == f32(0.0):
         return
-    for i in range(x.size):
-        L[i] = _clamp(nearest_int(x[i] / dl), -nmax, nmax - 1) + nmax
+    for i in range(L.shape[0]):
+        L[i, g] = _clamp(nearest_int(xt[i, g] / dl), -nmax, nmax - 1) + nmax
 
 
 # ---------------------------------------------------------------- Q2_K
 
 @njit(**_jit)
-def _quantize_block_q2_k(blk, x, L, Laux, weights, scales, mins):
-    """blk: u8[84] out; x: f32[256]; the rest is scratch (L u8[256], Laux u8[16],
-    weights f32[16], scales f32[16], mins f32[16])."""
+def _finish_block_q2_k(blk, L, xt, scales, mins, g0):
+    """blk: u8[84] out from the searched groups g0..g0+15 (L u8[16, G], xt, scales, mins)."""
     max_scale = f32(0.0)
     max_min = f32(0.0)
     for j in range(16):
-        xs = x[16 * j:16 * j + 16]
-        for i in range(16):
-            weights[i] = abs(xs[i])
-        s, m = make_affine_quants(L[16 * j:16 * j + 16], Laux, xs, weights, 3,
-                                  f32(-0.5), f32(0.1), 15, True)
-        scales[j] = s
-        mins[j] = m
-        if s > max_scale:
-            max_scale = s
-        if m > max_min:
-            max_min = m
+        if scales[g0 + j] > max_scale:
+            max_scale = scales[g0 + j]
+        if mins[g0 + j] > max_min:
+            max_min = mins[g0 + j]
     sc = blk[0:16]
     if max_scale > f32(0.0):
         iscale = f32(15.0) / max_scale
         for j in range(16):
-            sc[j] = nearest_int(iscale * scales[j]) & 0xFF
+            sc[j] = nearest_int(iscale * scales[g0 + j]) & 0xFF
         d = _store_f16(blk, 80, max_scale / f32(15.0))
     else:
         sc[:] = 0
@@ -113,50 +117,49 @@ def _quantize_block_q2_k(blk, x, L, Laux, weights, scales, mins):
     if max_min > f32(0.0):
         iscale = f32(15.0) / max_min
         for j in range(16):
-            sc[j] = (sc[j] | (nearest_int(iscale * mins[j]) << 4)) & 0xFF
+            sc[j] = (sc[j] | (nearest_int(iscale * mins[g0 + j]) << 4)) & 0xFF
         dmin = _store_f16(blk, 82, max_min / f32(15.0))
     else:
         dmin = _store_f16(blk, 82, f32(0.0))
     for j in range(16):
         s = np.intp(sc[j])
-        _affine_levels(L[16 * j:16 * j + 16], x[16 * j:16 * j + 16], d, dmin, s & 0xF, s >> 4, 16, 3)
-    _pack_2bit(blk[16:80], L)
+        _affine_levels(L, xt, g0 + j, d, dmin, s & 0xF, s >> 4, 3)
+    _pack_2bit(blk[16:80], L, g0)
 
 
 @njit(**_jit, parallel=True)
 def quantize_rows_q2_k(out, x):
     """out: u8[rows, n // 256 * 84]; x: f32[rows, n], n a multiple of 256."""
-    nb = x.shape[1] // QK_K
+    G = x.shape[1] // 16
     for r in prange(x.shape[0]):
-        L = np.empty(QK_K, np.uint8)
-        Laux = np.empty(16, np.uint8)
-        weights = np.empty(16, np.float32)
-        scales = np.empty(16, np.float32)
-        mins = np.empty(16, np.float32)
-        for b in range(nb):
-            _quantize_block_q2_k(out[r, 84 * b:84 * b + 84], x[r, QK_K * b:QK_K * b + QK_K],
-                                 L, Laux, weights, scales, mins)
+        xt = np.empty((16, G), np.float32)
+        to_groups(xt, x[r])
+        weights = np.abs(xt)
+        L = np.empty((16, G), np.uint8)
+        scales = np.empty(G, np.float32)
+        mins = np.empty(G, np.float32)
+        make_affine_quants(L, scales, mins, xt, weights, 3, f32(-0.5), f32(0.1), 15, True)
+        for b in range(G // 16):
+            _finish_block_q2_k(out[r, 84 * b:84 * b + 84], L, xt, scales, mins, 16 * b)
 
 
 # ---------------------------------------------------------------- Q3_K
 
 @njit(**_jit)
-def _quantize_block_q3_k(blk, x, L, scales):
-    """blk: u8[110] out; x: f32[256]; scratch L i8[256], scales f32[16]."""
+def _finish_block_q3_k(blk, L, xt, scales, g0):
+    """blk: u8[110] out from the searched groups g0..g0+15 (L i8[16, G], xt, scales)."""
     max_scale = f32(0.0)
     amax = f32(0.0)
     for j in range(16):
-        s = make_q3_quants(L[16 * j:16 * j + 16], x[16 * j:16 * j + 16], 4)
-        scales[j] = s
-        if abs(s) > amax:
-            amax = abs(s)
-            max_scale = s
+        if abs(scales[g0 + j]) > amax:
+            amax = abs(scales[g0 + j])
+            max_scale = scales[g0 + j]
     sc = blk[96:108]
     sc[:] = 0
     if max_scale != f32(0.0):
         iscale = f32(-32.0) / max_scale
         for j in range(16):
-            l = ((nearest_int(iscale * scales[j]) + 128) & 0xFF) - 128  # C stores it in an int8
+            l = ((nearest_int(iscale * scales[g0 + j]) + 128) & 0xFF) - 128  # C stores it in an int8
             l = _clamp(l, -32, 31) + 32
             if j < 8:
                 sc[j] = l & 0xF
@@ -169,27 +172,32 @@ def _quantize_block_q3_k(blk, x, L, scales):
     for j in range(16):
         low = np.intp(sc[j]) & 0xF if j < 8 else np.intp(sc[j - 8]) >> 4
         s = (low | ((np.intp(sc[8 + j % 4]) >> (2 * (j // 4))) & 3) << 4) - 32
-        _symmetric_levels(L[16 * j:16 * j + 16], x[16 * j:16 * j + 16], d * f32(s), 4)
-    # high bit of level j goes to bit j // 32 of hmask[j % 32]
+        _symmetric_levels(L, xt, g0 + j, d * f32(s), 4)
+    # the high bit of level e goes to bit e // 32 of hmask[e % 32]; qs keeps the low 2 bits
     hmask = blk[0:32]
     hmask[:] = 0
-    for j in range(QK_K):
-        if L[j] > 3:
-            hmask[j % 32] |= 1 << (j // 32)
-            L[j] -= 4
-    _pack_2bit(blk[32:96], L)
+    for e in range(QK_K):
+        i, g = e % 16, g0 + e // 16
+        if L[i, g] > 3:
+            hmask[e % 32] |= 1 << (e // 32)
+            L[i, g] -= 4
+    _pack_2bit(blk[32:96], L, g0)
 
 
 @njit(**_jit, parallel=True)
 def quantize_rows_q3_k(out, x):
     """out: u8[rows, n // 256 * 110]; x: f32[rows, n], n a multiple of 256."""
-    nb = x.shape[1] // QK_K
+    G = x.shape[1] // 16
     for r in prange(x.shape[0]):
-        L = np.empty(QK_K, np.int8)
-        scales = np.empty(16, np.float32)
-        for b in range(nb):
-            _quantize_block_q3_k(out[r, 110 * b:110 * b + 110], x[r, QK_K * b:QK_K * b + QK_K],
-                                 L, scales)
+        xg = x[r].reshape(G, 16)  # Q3_K searches group by group (see kquant_search.py)
+        Lg = np.empty((G, 16), np.int8)
+        scales = np.empty(G, np.float32)
+        for g in range(G):
+            scales[g] = make_q3_quants(Lg[g], xg[g], 4)
+        L = Lg.T  # group-major views, as the other types' finishing code expects
+        xt = xg.T
+        for b in range(G // 16):
+            _finish_block_q3_k(out[r, 110 * b:110 * b + 110], L, xt, scales, 16 * b)
 
 
 # ---------------------------------------------------------------- Q4_K / Q5_K
@@ -205,37 +213,41 @@ def _scale_min_k4(sc, j):
 
 
 @njit(**_jit)
-def _affine_superblock_32(head, x, L, Laux, weights, scales, mins, nmax, rmin, nstep):
-    """Scales, mins and levels of a Q4_K / Q5_K super-block (8 groups of 32).
+def _search_groups_of_32(L, scales, mins, xt, xrow, nmax, rmin, nstep):
+    """Q4_K / Q5_K group search over a row: weights rms(group) + |x|.
 
-    head: u8[16] out (d, dmin, 12 packed scale bytes); x: f32[256];
-    L: u8[256] out (levels 0..nmax); Laux u8[32], weights f32[32],
-    scales f32[8], mins f32[8]: scratch.  Group weights are rms(x) + |x|.
+    L: u8[32, G], scales, mins: f32[G] out; xt: f32[32, G] out (the row, group-major);
+    xrow: f32[32 * G]; nmax, nstep: int; rmin: f32.
     """
+    to_groups(xt, xrow)
+    G = xt.shape[1]
+    sum_x2 = np.zeros(G, np.float32)
+    for i in range(32):
+        for g in range(G):
+            sum_x2[g] += xt[i, g] * xt[i, g]
+    weights = np.empty((32, G), np.float32)
+    for i in range(32):
+        for g in range(G):
+            weights[i, g] = np.sqrt(sum_x2[g] / f32(32.0)) + abs(xt[i, g])
+    make_affine_quants(L, scales, mins, xt, weights, nmax, rmin, f32(0.1), nstep, False)
+
+
+@njit(**_jit)
+def _finish_head_k4(head, L, xt, scales, mins, g0, nmax):
+    """Q4_K / Q5_K head (d, dmin, 12 scale bytes: u8[16] out) and final levels of groups g0..g0+7."""
     max_scale = f32(0.0)
     max_min = f32(0.0)
     for j in range(8):
-        xs = x[32 * j:32 * j + 32]
-        sum_x2 = f32(0.0)
-        for i in range(32):
-            sum_x2 += xs[i] * xs[i]
-        av_x = np.sqrt(sum_x2 / f32(32.0))
-        for i in range(32):
-            weights[i] = av_x + abs(xs[i])
-        s, m = make_affine_quants(L[32 * j:32 * j + 32], Laux, xs, weights, nmax,
-                                  rmin, f32(0.1), nstep, False)
-        scales[j] = s
-        mins[j] = m
-        if s > max_scale:
-            max_scale = s
-        if m > max_min:
-            max_min = m
+        if scales[g0 + j] > max_scale:
+            max_scale = scales[g0 + j]
+        if mins[g0 + j] > max_min:
+            max_min = mins[g0 + j]
     inv_scale = f32(63.0) / max_scale if max_scale > f32(0.0) else f32(0.0)
     inv_min = f32(63.0) / max_min if max_min > f32(0.0) else f32(0.0)
     sc = head[4:16]
     for j in range(8):
-        ls = min(63, nearest_int(inv_scale * scales[j]) & 0xFF)  # C keeps it in a uint8
-        lm = min(63, nearest_int(inv_min * mins[j]) & 0xFF)
+        ls = min(63, nearest_int(inv_scale * scales[g0 + j]) & 0xFF)  # C keeps it in a uint8
+        lm = min(63, nearest_int(inv_min * mins[g0 + j]) & 0xFF)
         if j < 4:
             sc[j] = ls
             sc[j + 4] = lm
@@ -247,137 +259,108 @@ def _affine_superblock_32(head, x, L, Laux, weights, scales, mins, nmax, rmin, n
     dmin = _store_f16(head, 2, max_min / f32(63.0))
     for j in range(8):
         s, m = _scale_min_k4(sc, j)
-        _affine_levels(L[32 * j:32 * j + 32], x[32 * j:32 * j + 32], d, dmin, s, m, 32, nmax)
+        _affine_levels(L, xt, g0 + j, d, dmin, s, m, nmax)
 
 
 @njit(**_jit, parallel=True)
 def quantize_rows_q4_k(out, x):
     """out: u8[rows, n // 256 * 144]; x: f32[rows, n], n a multiple of 256."""
-    nb = x.shape[1] // QK_K
+    G = x.shape[1] // 32
     for r in prange(x.shape[0]):
-        L = np.empty(QK_K, np.uint8)
-        Laux = np.empty(32, np.uint8)
-        weights = np.empty(32, np.float32)
-        scales = np.empty(8, np.float32)
-        mins = np.empty(8, np.float32)
-        for b in range(nb):
+        xt = np.empty((32, G), np.float32)
+        L = np.empty((32, G), np.uint8)
+        scales = np.empty(G, np.float32)
+        mins = np.empty(G, np.float32)
+        _search_groups_of_32(L, scales, mins, xt, x[r], 15, f32(-1.0), 20)
+        for b in range(G // 8):
             blk = out[r, 144 * b:144 * b + 144]
-            _affine_superblock_32(blk[0:16], x[r, QK_K * b:QK_K * b + QK_K], L, Laux, weights,
-                                  scales, mins, 15, f32(-1.0), 20)
-            qs = blk[16:144]
-            for j in range(0, QK_K, 64):
+            _finish_head_k4(blk[0:16], L, xt, scales, mins, 8 * b, 15)
+            # qs byte 32c + l: low nibble element 64c + l (group 2c), high 64c + 32 + l
+            for c in range(4):
                 for l in range(32):
-                    qs[j // 2 + l] = L[j + l] | (L[j + l + 32] << 4)
+                    blk[16 + 32 * c + l] = L[l, 8 * b + 2 * c] | (L[l, 8 * b + 2 * c + 1] << 4)
 
 
 @njit(**_jit, parallel=True)
 def quantize_rows_q5_k(out, x):
     """out: u8[rows, n // 256 * 176]; x: f32[rows, n], n a multiple of 256."""
-    nb = x.shape[1] // QK_K
+    G = x.shape[1] // 32
     for r in prange(x.shape[0]):
-        L = np.empty(QK_K, np.uint8)
-        Laux = np.empty(32, np.uint8)
-        weights = np.empty(32, np.float32)
-        scales = np.empty(8, np.float32)
-        mins = np.empty(8, np.float32)
-        for b in range(nb):
+        xt = np.empty((32, G), np.float32)
+        L = np.empty((32, G), np.uint8)
+        scales = np.empty(G, np.float32)
+        mins = np.empty(G, np.float32)
+        _search_groups_of_32(L, scales, mins, xt, x[r], 31, f32(-0.5), 15)
+        for b in range(G // 8):
             blk = out[r, 176 * b:176 * b + 176]
-            _affine_superblock_32(blk[0:16], x[r, QK_K * b:QK_K * b + QK_K], L, Laux, weights,
-                                  scales, mins, 31, f32(-0.5), 15)
-            # low 4 bits of levels j, j+32 of each 64-run share a qs byte; the
-            # 5th bits go to qh[j] at bit 2 * run (and 2 * run + 1)
-            qh = blk[16:48]
-            qs = blk[48:176]
-            qh[:] = 0
-            for run in range(4):
-                for j in range(32):
-                    l1 = L[64 * run + j]
-                    l2 = L[64 * run + j + 32]
-                    qh[j] |= ((l1 >> 4) << (2 * run)) | ((l2 >> 4) << (2 * run + 1))
-                    qs[32 * run + j] = (l1 & 0xF) | ((l2 & 0xF) << 4)
+            _finish_head_k4(blk[0:16], L, xt, scales, mins, 8 * b, 31)
+            # low nibbles as Q4_K (qs at byte 48); the 5th bit of element 32j + l is bit j of qh[l]
+            for l in range(32):
+                qh = 0
+                for j in range(8):
+                    qh |= (np.intp(L[l, 8 * b + j]) >> 4) << j
+                blk[16 + l] = qh
+            for c in range(4):
+                for l in range(32):
+                    blk[48 + 32 * c + l] = ((L[l, 8 * b + 2 * c] & 0xF)
+                                            | ((L[l, 8 * b + 2 * c + 1] & 0xF) << 4))
 
 
 # ---------------------------------------------------------------- Q6_K
 
 @njit(**_jit)
-def _quantize_block_q6_k(blk, x, L, scales):
-    """blk: u8[210] out; x: f32[256]; scratch L u8[256], scales f32[16]."""
+def _finish_block_q6_k(blk, L, xt, scales, g0):
+    """blk: u8[210] out from the searched groups g0..g0+15 (L u8[16, G], xt, scales)."""
     max_scale = f32(0.0)
     max_abs = f32(0.0)
     for j in range(16):
-        s = make_symmetric_quants(L[16 * j:16 * j + 16], x[16 * j:16 * j + 16], 32)
-        scales[j] = s
-        if abs(s) > max_abs:
-            max_abs = abs(s)
-            max_scale = s
+        if abs(scales[g0 + j]) > max_abs:
+            max_abs = abs(scales[g0 + j])
+            max_scale = scales[g0 + j]
     if max_abs < GROUP_MAX_EPS:
         blk[:] = 0
         return
     iscale = f32(-128.0) / max_scale
     d = _store_f16(blk, 208, f32(1.0) / iscale)
     for j in range(16):
-        q = ((min(127, nearest_int(iscale * scales[j])) + 128) & 0xFF) - 128  # stored as int8
+        q = ((min(127, nearest_int(iscale * scales[g0 + j])) + 128) & 0xFF) - 128  # stored as int8
         blk[192 + j] = q & 0xFF
-        _symmetric_levels(L[16 * j:16 * j + 16], x[16 * j:16 * j + 16], d * f32(q), 32)
-    ql = blk[0:128]
-    qh = blk[128:192]
-    for j in range(0, QK_K, 128):
+        _symmetric_levels(L, xt, g0 + j, d * f32(q), 32)
+    # ql byte 64h + l: element 128h + l (low nibble) and 128h + 64 + l (high);
+    # ql byte 64h + 32 + l: elements 128h + 32 + l and 128h + 96 + l;
+    # qh byte 32h + l: top 2 bits of elements 128h + 32k + l at bits 2k
+    for h in range(2):
         for l in range(32):
-            a, b, c, e = L[j + l], L[j + l + 32], L[j + l + 64], L[j + l + 96]
-            ql[j // 2 + l] = (a & 0xF) | ((c & 0xF) << 4)
-            ql[j // 2 + l + 32] = (b & 0xF) | ((e & 0xF) << 4)
-            qh[j // 4 + l] = (a >> 4) | ((b >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6)
+            e = 128 * h + l
+            a, b, c, f = _level(L, g0, e), _level(L, g0, e + 32), _level(L, g0, e + 64), _level(L, g0, e + 96)
+            blk[64 * h + l] = (a & 0xF) | ((c & 0xF) << 4)
+            blk[64 * h + 32 + l] = (b & 0xF) | ((f & 0xF) << 4)
+            blk[128 + 32 * h + l] = (a >> 4) | ((b >> 4) << 2) | ((c >> 4) << 4) | ((f >> 4) << 6)
 
 
 @njit(**_jit, parallel=True)
 def quantize_rows_q6_k(out, x):
     """out: u8[rows, n // 256 * 210]; x: f32[rows, n], n a multiple of 256."""
-    nb = x.shape[1] // QK_K
+    G = x.shape[1] // 16
     for r in prange(x.shape[0]):
-        L = np.empty(QK_K, np.uint8)
-        scales = np.empty(16, np.float32)
-        for b in range(nb):
-            _quantize_block_q6_k(out[r, 210 * b:210 * b + 210], x[r, QK_K * b:QK_K * b + QK_K],
-                                 L, scales)
+        xt = np.empty((16, G), np.float32)
+        to_groups(xt, x[r])
+        L = np.empty((16, G), np.uint8)
+        scales = np.empty(G, np.float32)
+        make_symmetric_quants(L, scales, xt, 32)
+        for b in range(G // 16):
+            _finish_block_q6_k(out[r, 210 * b:210 * b + 210], L, xt, scales, 16 * b)
 
 
 # ---------------------------------------------------------------- public API
 
-def checked_rows(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
-    """x as contiguous f32[rows, n], or a ValueError naming what is wrong with it."""
-    x = np.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"{qtype.name} quantizer expects a 2-D (rows, n) array, got shape {x.shape}")
-    block = GGML_QUANT_SIZES[qtype][0]
-    if x.shape[1] % block:
-        raise ValueError(f"{qtype.name}: row length {x.shape[1]} is not a multiple of {block}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.isfinite(x).all():
-        raise ValueError(f"{qtype.name}: cannot quantize non-finite values (NaN or inf)")
-    return x
+_ORACLE = "llama.cpp's reference quantizer (ggml_quantize_chunk without imatrix)"
 
-
-def _row_quantizer(qtype: GGMLQuantizationType, rows_kernel):
-    block, type_size = GGML_QUANT_SIZES[qtype]
-
-    def quantize(x: np.ndarray) -> np.ndarray:
-        x = checked_rows(x, qtype)
-        out = np.zeros((x.shape[0], x.shape[1] // block * type_size), dtype=np.uint8)
-        if x.size:
-            rows_kernel(out, x)
-        return out
-
-    quantize.__name__ = f"quantize_{qtype.name.lower()}"
-    quantize.__doc__ = (f"f32[rows, n] -> u8[rows, n // {block} * {type_size}] {qtype.name} blocks, "
-                        "byte-identical to llama.cpp's reference quantizer.")
-    return quantize
-
-
-quantize_q2_k = _row_quantizer(GGMLQuantizationType.Q2_K, quantize_rows_q2_k)
-quantize_q3_k = _row_quantizer(GGMLQuantizationType.Q3_K, quantize_rows_q3_k)
-quantize_q4_k = _row_quantizer(GGMLQuantizationType.Q4_K, quantize_rows_q4_k)
-quantize_q5_k = _row_quantizer(GGMLQuantizationType.Q5_K, quantize_rows_q5_k)
-quantize_q6_k = _row_quantizer(GGMLQuantizationType.Q6_K, quantize_rows_q6_k)
+quantize_q2_k = row_quantizer(GGMLQuantizationType.Q2_K, quantize_rows_q2_k, _ORACLE)
+quantize_q3_k = row_quantizer(GGMLQuantizationType.Q3_K, quantize_rows_q3_k, _ORACLE)
+quantize_q4_k = row_quantizer(GGMLQuantizationType.Q4_K, quantize_rows_q4_k, _ORACLE)
+quantize_q5_k = row_quantizer(GGMLQuantizationType.Q5_K, quantize_rows_q5_k, _ORACLE)
+quantize_q6_k = row_quantizer(GGMLQuantizationType.Q6_K, quantize_rows_q6_k, _ORACLE)
 
 QUANTIZERS = {
     GGMLQuantizationType.Q2_K: quantize_q2_k,

@@ -9,8 +9,12 @@ numpy's random streams shows up as such, not as a quantizer bug.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 
 import numpy as np
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quant_fixtures.json")
 
 
 def _normal(rng, rows, n):
@@ -114,3 +118,14 @@ def make_input(dist: str, rows: int, n: int, seed: int) -> np.ndarray:
 
 def sha256(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def fixture_cases(type_name: str) -> list[dict]:
+    """The fixture cases that have an expected output for `type_name` (e.g. "Q4_K")."""
+    with open(FIXTURES) as f:
+        cases = json.load(f)["cases"]
+    return [c for c in cases if type_name in c["outputs"]]
+
+
+def case_id(case: dict) -> str:
+    return f"{case['dist']}-{case['rows']}x{case['n']}"
