@@ -54,17 +54,16 @@ def bits_of_f32(typingctx, value):
 @njit(cache=True)
 def half_to_float(h):
     """IEEE half bits (integer 0..65535) -> float32, exactly (NaN payload kept, like numpy)."""
-    h = np.uint32(h)
-    sign = (h & np.uint32(0x8000)) << np.uint32(16)
-    exponent = (h >> np.uint32(10)) & np.uint32(0x1F)
-    mantissa = h & np.uint32(0x3FF)
-    if exponent == 0:
-        # zero or subnormal: mantissa * 2**-24 is a normal float32, so the product is exact
-        magnitude = bits_of_f32(np.float32(mantissa) * np.float32(2.0 ** -24))
-        return f32_from_bits(sign | magnitude)
-    if exponent == 0x1F:
-        return f32_from_bits(sign | np.uint32(0x7F800000) | (mantissa << np.uint32(13)))
-    return f32_from_bits(sign | ((exponent + np.uint32(112)) << np.uint32(23)) | (mantissa << np.uint32(13)))
+    h = np.int64(h)
+    exponent = h & 0x7C00
+    magnitude = (h & 0x7FFF) << 13
+    if exponent == 0:  # zero or subnormal: mantissa * 2**-24 is a normal float32, exact
+        magnitude = np.int64(bits_of_f32(np.float32(h & 0x3FF) * np.float32(2.0 ** -24)))
+    elif exponent == 0x7C00:  # inf or NaN: all exponent bits set, mantissa kept
+        magnitude |= 0x7F800000
+    else:
+        magnitude += 112 << 23  # rebias the exponent from 15 to 127
+    return f32_from_bits(((h & 0x8000) << 16) | magnitude)
 
 
 @njit(cache=True)

@@ -11,13 +11,24 @@ Numba caches like any top-level function (one cache file per name).
 
 Numba's cache notices edits only in the file a function is defined in; after changing a
 helper that a template here calls into, clear quant/__pycache__ before measuring.
+
+How block loops are written (measured on a 4096x4096 Q4_0 matvec, 10x apart): the helpers
+that decode or dot one block take *slices* (`w_row[i*BYTES:(i+1)*BYTES]`) and are inlined
+at Numba level (inline="always"), so LLVM sees plain non-negative loop indices instead of
+offset arithmetic that Numba's negative-index wraparound turns into gathers; and the loop
+over a block's 16 or 32 values runs `range(opaque(16))`: with a constant count LLVM unrolls
+it completely and then vectorises across blocks (strided byte loads, int64 lanes), while
+with a count it cannot see it vectorises the loop itself.
 """
 from __future__ import annotations
 
 import types
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange
+from numba import types as nbtypes
+from numba.extending import intrinsic
 
 # Reassociation lets LLVM vectorise the float reductions of the dot-product kernels; their
 # tests compare against numpy with tolerances. Decoders and quantizers never use it: they
@@ -27,6 +38,20 @@ DOT_FASTMATH = {"reassoc", "contract"}
 # Weight rows decoded per matmul work item: 8 rows x 4096 f32 = 128 KiB stays in L2 while
 # every activation row streams past it.
 MATMUL_TILE_ROWS = 8
+
+
+@intrinsic
+def opaque(typingctx, value):
+    """The integer `value`, which the optimiser may not treat as a known constant."""
+    if not isinstance(value, nbtypes.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ty = context.get_value_type(value)
+        # an empty inline-asm statement that "computes" its output from its input register
+        return builder.asm(ir.FunctionType(ty, [ty]), "", "=r,0", [args[0]], side_effect=False)
+
+    return value(value), codegen
 
 
 def specialize(template, name: str, *, parallel: bool = True, fastmath=False, **bindings):

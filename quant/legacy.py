@@ -25,137 +25,130 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 from numba import njit, prange
 
 from .floats import half_at
-from .kernel_kit import DOT_FASTMATH, make_matmul, specialize
+from .kernel_kit import DOT_FASTMATH, make_matmul, opaque, specialize
 from .legacy_quantize import QUANTIZERS
 from .registry import QuantType, register
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _low5(qs, qh, j):
     """q[j] of a 5-bit block (j < 16): low nibble of qs[j], bit j of qh."""
     return (np.int32(qs) & 0xF) | (np.int32((qh >> j) & 1) << 4)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _high5(qs, qh, j):
     """q[j + 16] of a 5-bit block: high nibble of qs[j], bit j + 16 of qh."""
     return (np.int32(qs) >> 4) | (np.int32((qh >> (j + 16)) & 1) << 4)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _u32_at(b, i):
     """The little-endian uint32 at b[i:i+4] (b: u8 array)."""
     return (np.uint32(b[i]) | (np.uint32(b[i + 1]) << np.uint32(8))
             | (np.uint32(b[i + 2]) << np.uint32(16)) | (np.uint32(b[i + 3]) << np.uint32(24)))
 
 
-@njit(cache=True)
-def _int8(byte):
-    """A stored byte read as a two's-complement int8."""
-    v = np.int32(byte)
-    return v - ((v & 0x80) << 1)
+# ---- block decoders: out f32[32] <- one block blk u8[type_size] (both slices) ----
+
+@njit(cache=True, inline="always")
+def _decode_q4_0(out, blk):
+    d = half_at(blk, 0)
+    for j in range(opaque(16)):
+        q = np.int32(blk[2 + j])
+        out[j] = d * np.float32((q & 0xF) - 8)
+        out[16 + j] = d * np.float32((q >> 4) - 8)
 
 
-# ---- block decoders: out f32[o : o+32] <- the block at blk u8[b : b+type_size] ----
-
-@njit(cache=True)
-def _decode_q4_0(out, o, blk, b):
-    d = half_at(blk, b)
-    for j in range(16):
-        q = np.int32(blk[b + 2 + j])
-        out[o + j] = d * np.float32((q & 0xF) - 8)
-        out[o + 16 + j] = d * np.float32((q >> 4) - 8)
-
-
-@njit(cache=True)
-def _decode_q4_1(out, o, blk, b):
-    d = half_at(blk, b)
-    m = half_at(blk, b + 2)
-    for j in range(16):
-        q = np.int32(blk[b + 4 + j])
-        out[o + j] = d * np.float32(q & 0xF) + m
-        out[o + 16 + j] = d * np.float32(q >> 4) + m
+@njit(cache=True, inline="always")
+def _decode_q4_1(out, blk):
+    d = half_at(blk, 0)
+    m = half_at(blk, 2)
+    for j in range(opaque(16)):
+        q = np.int32(blk[4 + j])
+        out[j] = d * np.float32(q & 0xF) + m
+        out[16 + j] = d * np.float32(q >> 4) + m
 
 
-@njit(cache=True)
-def _decode_q5_0(out, o, blk, b):
-    d = half_at(blk, b)
-    qh = _u32_at(blk, b + 2)
-    for j in range(16):
-        qs = blk[b + 6 + j]
-        out[o + j] = d * np.float32(_low5(qs, qh, j) - 16)
-        out[o + 16 + j] = d * np.float32(_high5(qs, qh, j) - 16)
+@njit(cache=True, inline="always")
+def _decode_q5_0(out, blk):
+    d = half_at(blk, 0)
+    qh = _u32_at(blk, 2)
+    for j in range(opaque(16)):
+        qs = blk[6 + j]
+        out[j] = d * np.float32(_low5(qs, qh, j) - 16)
+        out[16 + j] = d * np.float32(_high5(qs, qh, j) - 16)
 
 
-@njit(cache=True)
-def _decode_q5_1(out, o, blk, b):
-    d = half_at(blk, b)
-    m = half_at(blk, b + 2)
-    qh = _u32_at(blk, b + 4)
-    for j in range(16):
-        qs = blk[b + 8 + j]
-        out[o + j] = d * np.float32(_low5(qs, qh, j)) + m
-        out[o + 16 + j] = d * np.float32(_high5(qs, qh, j)) + m
+@njit(cache=True, inline="always")
+def _decode_q5_1(out, blk):
+    d = half_at(blk, 0)
+    m = half_at(blk, 2)
+    qh = _u32_at(blk, 4)
+    for j in range(opaque(16)):
+        qs = blk[8 + j]
+        out[j] = d * np.float32(_low5(qs, qh, j)) + m
+        out[16 + j] = d * np.float32(_high5(qs, qh, j)) + m
 
 
-@njit(cache=True)
-def _decode_q8_0(out, o, blk, b):
-    d = half_at(blk, b)
-    for j in range(32):
-        out[o + j] = np.float32(_int8(blk[b + 2 + j])) * d
+@njit(cache=True, inline="always")
+def _decode_q8_0(out, blk):
+    d = half_at(blk, 0)
+    for j in range(opaque(32)):
+        out[j] = np.float32(np.int8(blk[2 + j])) * d
 
 
-# ---- block dot products: dequantize(block at blk[b:]) . x[o : o+32] ----
+# ---- block dot products: dequantize(blk u8[type_size]) . xs f32[32] (both slices) ----
 
-@njit(cache=True, fastmath=DOT_FASTMATH)
-def _dot_q4_0(blk, b, x, o):
+@njit(cache=True, inline="always", fastmath=DOT_FASTMATH)
+def _dot_q4_0(blk, xs):
     acc = np.float32(0.0)
-    for j in range(16):
-        q = np.int32(blk[b + 2 + j])
-        acc += np.float32((q & 0xF) - 8) * x[o + j] + np.float32((q >> 4) - 8) * x[o + 16 + j]
-    return half_at(blk, b) * acc
+    for j in range(opaque(16)):
+        q = np.int32(blk[2 + j])
+        acc += np.float32((q & 0xF) - 8) * xs[j] + np.float32((q >> 4) - 8) * xs[16 + j]
+    return half_at(blk, 0) * acc
 
 
-@njit(cache=True, fastmath=DOT_FASTMATH)
-def _dot_q4_1(blk, b, x, o):
+@njit(cache=True, inline="always", fastmath=DOT_FASTMATH)
+def _dot_q4_1(blk, xs):
     qx = np.float32(0.0)
     sx = np.float32(0.0)
-    for j in range(16):
-        q = np.int32(blk[b + 4 + j])
-        qx += np.float32(q & 0xF) * x[o + j] + np.float32(q >> 4) * x[o + 16 + j]
-        sx += x[o + j] + x[o + 16 + j]
-    return half_at(blk, b) * qx + half_at(blk, b + 2) * sx
+    for j in range(opaque(16)):
+        q = np.int32(blk[4 + j])
+        qx += np.float32(q & 0xF) * xs[j] + np.float32(q >> 4) * xs[16 + j]
+        sx += xs[j] + xs[16 + j]
+    return half_at(blk, 0) * qx + half_at(blk, 2) * sx
 
 
-@njit(cache=True, fastmath=DOT_FASTMATH)
-def _dot_q5_0(blk, b, x, o):
-    qh = _u32_at(blk, b + 2)
+@njit(cache=True, inline="always", fastmath=DOT_FASTMATH)
+def _dot_q5_0(blk, xs):
+    qh = _u32_at(blk, 2)
     acc = np.float32(0.0)
-    for j in range(16):
-        qs = blk[b + 6 + j]
-        acc += (np.float32(_low5(qs, qh, j) - 16) * x[o + j]
-                + np.float32(_high5(qs, qh, j) - 16) * x[o + 16 + j])
-    return half_at(blk, b) * acc
+    for j in range(opaque(16)):
+        qs = blk[6 + j]
+        acc += (np.float32(_low5(qs, qh, j) - 16) * xs[j]
+                + np.float32(_high5(qs, qh, j) - 16) * xs[16 + j])
+    return half_at(blk, 0) * acc
 
 
-@njit(cache=True, fastmath=DOT_FASTMATH)
-def _dot_q5_1(blk, b, x, o):
-    qh = _u32_at(blk, b + 4)
+@njit(cache=True, inline="always", fastmath=DOT_FASTMATH)
+def _dot_q5_1(blk, xs):
+    qh = _u32_at(blk, 4)
     qx = np.float32(0.0)
     sx = np.float32(0.0)
-    for j in range(16):
-        qs = blk[b + 8 + j]
-        qx += np.float32(_low5(qs, qh, j)) * x[o + j] + np.float32(_high5(qs, qh, j)) * x[o + 16 + j]
-        sx += x[o + j] + x[o + 16 + j]
-    return half_at(blk, b) * qx + half_at(blk, b + 2) * sx
+    for j in range(opaque(16)):
+        qs = blk[8 + j]
+        qx += np.float32(_low5(qs, qh, j)) * xs[j] + np.float32(_high5(qs, qh, j)) * xs[16 + j]
+        sx += xs[j] + xs[16 + j]
+    return half_at(blk, 0) * qx + half_at(blk, 2) * sx
 
 
-@njit(cache=True, fastmath=DOT_FASTMATH)
-def _dot_q8_0(blk, b, x, o):
+@njit(cache=True, inline="always", fastmath=DOT_FASTMATH)
+def _dot_q8_0(blk, xs):
     acc = np.float32(0.0)
-    for j in range(32):
-        acc += np.float32(_int8(blk[b + 2 + j])) * x[o + j]
-    return half_at(blk, b) * acc
+    for j in range(opaque(32)):
+        acc += np.float32(np.int8(blk[2 + j])) * xs[j]
+    return half_at(blk, 0) * acc
 
 
 # ---- kernel templates over one block type (BLOCK values in BYTES bytes) ----
@@ -166,13 +159,13 @@ def _dequantize_blocks(out, blocks):
     if blocks.shape[0] != n_blocks * BYTES or out.shape[0] != n_blocks * BLOCK:
         raise ValueError("dequantize: sizes of out and blocks do not agree with the block size")
     for i in prange(n_blocks):
-        decode_block(out, i * BLOCK, blocks, i * BYTES)
+        decode_block(out[i * BLOCK:(i + 1) * BLOCK], blocks[i * BYTES:(i + 1) * BYTES])
 
 
 def _decode_row_blocks(out, w_row):
     """out f32[n] <- one weight row w_row u8[n / BLOCK * BYTES]."""
     for i in range(w_row.shape[0] // BYTES):
-        decode_block(out, i * BLOCK, w_row, i * BYTES)
+        decode_block(out[i * BLOCK:(i + 1) * BLOCK], w_row[i * BYTES:(i + 1) * BYTES])
 
 
 def _matvec_blocks(out, w, x):
@@ -184,7 +177,7 @@ def _matvec_blocks(out, w, x):
         row = w[r]
         acc = np.float32(0.0)
         for i in range(n_blocks):
-            acc += dot_block(row, i * BYTES, x, i * BLOCK)
+            acc += dot_block(row[i * BYTES:(i + 1) * BYTES], x[i * BLOCK:(i + 1) * BLOCK])
         out[r] = acc
 
 
