@@ -12,17 +12,21 @@ without an importance matrix (src/llama-quant.cpp):
    (attn_v, ffn_down, output, ...) has a table `ftype -> rule`; a rule may pick another type
    from the layer's position, the model's GQA factor, its expert count or architecture.
 4. The output projection (and the token embedding when the model ties them) takes Q6_K unless
-   its rows do not fit the base type's blocks (then Q8_0) or the base is Q8_0.
+   its rows do not fit the base type's blocks or the model is a Falcon (then Q8_0), or the
+   base is Q8_0.
 5. A type whose block does not divide the row length falls back to a smaller-block type
    (`_FALLBACK`), and to F16 when even that does not fit.
 
 Only the ftypes in `FTYPES` are planned: the float, legacy and K-quant mixes (plus IQ4_NL and
-IQ4_XS), i.e. those that need no importance matrix.
+IQ4_XS), i.e. those that need no importance matrix, with llama-quantize's default options.
+The rules match the llama.cpp vendored by llama-cpp-python 0.3.36 (checked against it by
+tests/test_quantize_model.py); e.g. a fused attn_qkv follows the attn_v rules there.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -88,7 +92,9 @@ class ModelFacts:
     n_layer: int
     n_gqa: int  # query heads per KV head in layer 0; 0 when the model has no KV heads
     n_expert: int
-    is_70b: bool  # llama.cpp's LLM_TYPE_70B: 80-layer GQA llama gets bigger attn_v types
+    # llama.cpp's LLM_TYPE_70B (bigger attn_v types), inferred as llama.cpp does when it plans
+    # from metadata alone: an 80-layer llama with GQA
+    is_70b: bool
 
 
 def _first(value, default):
@@ -184,7 +190,6 @@ def category_of(name: str) -> str:
 @dataclass(frozen=True)
 class Site:
     """Where a tensor sits, as the rules see it."""
-    name: str
     ncols: int  # row length (ggml ne[0])
     ftype: FileType
     model: ModelFacts
@@ -213,7 +218,10 @@ def _always(qtype: T) -> Rule:
     return lambda s: qtype
 
 
-_gqa4 = lambda s: s.model.n_gqa >= 4  # noqa: E731
+def _gqa4(s: Site) -> bool:
+    return s.model.n_gqa >= 4
+
+
 _ATTN_V_IQ4 = _when(_gqa4, T.Q5_K)
 _MORE_BITS_Q6_K = _when(lambda s: s.more_bits, T.Q6_K)
 _FFN_DOWN_IQ4 = _when(lambda s: s.i_layer < s.n_layer // 8, T.Q5_K)  # without an imatrix
@@ -312,8 +320,8 @@ CATEGORY_RULES: dict[str, CategoryRule] = {
     "attn_q": CategoryRule(None),
     "attn_output": CategoryRule(_attn_output),
     "ffn_down": CategoryRule(_ffn_down, counter="ffn_down", layer_from_name=True),
-    "ffn_gate": CategoryRule(None, counter="ffn_gate", layer_from_name=True),
-    "ffn_up": CategoryRule(None, counter="ffn_up", layer_from_name=True),
+    "ffn_gate": CategoryRule(None),  # their layer rules belong to IQ3 mixes, not planned here
+    "ffn_up": CategoryRule(None),
     "other": CategoryRule(None),
 }
 
@@ -386,16 +394,6 @@ def llama_order(names) -> list[str]:
     return sorted(names, key=lambda n: (block_number(n), n.encode("utf-8", "surrogateescape")))
 
 
-@dataclass
-class _Counters:
-    seen: dict[str, int] = field(default_factory=dict)
-
-    def next(self, counter: str) -> int:
-        i = self.seen.get(counter, 0)
-        self.seen[counter] = i + 1
-        return i
-
-
 def plan_tensors(tensors: list[tuple[str, tuple[int, ...], T]], ftype: FileType,
                  model: ModelFacts) -> list[TensorPlan]:
     """Plan (name, numpy shape, source type) triples; returns them in llama.cpp's write order."""
@@ -403,9 +401,8 @@ def plan_tensors(tensors: list[tuple[str, tuple[int, ...], T]], ftype: FileType,
     names = llama_order(by_name)
     tied = OUTPUT_NAME not in by_name  # no output projection: the token embedding serves as one
     n_attn_v = sum(category_of(n) == "attn_v" for n in names)
-    totals = {"attn_v": n_attn_v, "ffn_down": model.n_layer, "ffn_gate": model.n_layer,
-              "ffn_up": model.n_layer}
-    counters = _Counters()
+    totals = {"attn_v": n_attn_v, "ffn_down": model.n_layer}
+    counters: Counter[str] = Counter()  # tensors of each counted category seen so far
     plans = []
     for name in names:
         shape, src = by_name[name]
@@ -427,13 +424,14 @@ def _mixed_type(name, ncols, ftype, model, tied, totals, counters) -> T:
     spec = CATEGORY_RULES[category]
     i_layer, n_layer = 0, 0
     if spec.counter is not None:
-        i_layer, n_layer = counters.next(spec.counter), totals[spec.counter]
+        i_layer, n_layer = counters[spec.counter], totals[spec.counter]
+        counters[spec.counter] += 1
         if spec.layer_from_name and model.n_expert > 1:
             # expert tensors of a layer are not adjacent in every file: trust the name
             i_layer = block_number(name)
             if not 0 <= i_layer < n_layer:
                 raise ValueError(f"tensor {name!r}: no valid block number (model has {n_layer} blocks)")
-    qtype = spec.rule(Site(name, ncols, ftype, model, i_layer, n_layer)) if spec.rule else None
+    qtype = spec.rule(Site(ncols, ftype, model, i_layer, n_layer)) if spec.rule else None
     return qtype or ftype.base
 
 

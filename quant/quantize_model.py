@@ -66,6 +66,9 @@ def open_model(path) -> GGUFFile:
         raise FileNotFoundError(f"no such file: {path}")
     if not os.path.isfile(path):
         raise ValueError(f"{path}: not a file")
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise GGUFError(f"{path}: not a GGUF file")
     try:
         return read_gguf(path)
     except GGUFError as err:

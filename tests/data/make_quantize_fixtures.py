@@ -12,7 +12,9 @@ For each tiny model it records the sha256 of the generated input file and, for e
 quantization type, what llama.cpp wrote: the sha256 of the whole file, `general.file_type`,
 and per tensor (in the file's order) its type and the first 16 hex digits of the sha256 of
 its data. The metadata keys and their value types are recorded once per model (they are the
-same for every type). The test quantizes the same inputs with lanternlm and compares.
+same for every type). A few outputs are then quantized again (`REQUANTIZATIONS`, with
+llama.cpp's allow_requantize), which exercises dequantizing quantized sources. The test
+quantizes the same inputs with lanternlm and compares.
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ QUANTIZATIONS = {name: int(gguf.LlamaFileType[f"MOSTLY_{name}"]) for name in (
     "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L",
     "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS")}
 HASH_HEX_DIGITS = 16
+# (model, source type, target type): requantize llama.cpp's own output (allow_requantize)
+REQUANTIZATIONS = (("wide", "Q8_0", "Q4_K_M"), ("narrow", "Q4_1", "Q3_K_M"))
 
 
 def sha256_file(path: str) -> str:
@@ -43,11 +47,12 @@ def sha256_file(path: str) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def llama_quantize(src: str, dst: str, ftype: int) -> None:
+def llama_quantize(src: str, dst: str, ftype: int, allow_requantize: bool = False) -> None:
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
+    params.allow_requantize = allow_requantize
     if llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params)) != 0:
         raise RuntimeError(f"llama_model_quantize failed for ftype {ftype} on {src}")
 
@@ -80,16 +85,22 @@ def compact_json(reference: dict) -> str:
 def make_reference(model: str, workdir: str) -> dict:
     src = str(write_tiny_model(os.path.join(workdir, f"{model}.gguf"), model))
     reference = {"model": model, "llama_cpp_python": version("llama-cpp-python"),
-                 "input_sha256": sha256_file(src), "quantizations": {}}
+                 "input_sha256": sha256_file(src), "output_kv": None, "tensor_order": None,
+                 "quantizations": {}}
     for name, ftype in QUANTIZATIONS.items():
         dst = os.path.join(workdir, f"{model}.{name}.gguf")
         llama_quantize(src, dst, ftype)
         record, kv, names = describe_output(dst)
         for key, value in (("output_kv", kv), ("tensor_order", names)):
-            if reference.setdefault(key, value) != value:
+            if reference[key] is None:
+                reference[key] = value
+            elif reference[key] != value:
                 raise RuntimeError(f"{model} {name}: {key} differs from the other quantizations")
         reference["quantizations"][name] = record
-        os.remove(dst)
+    for _, source, target in (r for r in REQUANTIZATIONS if r[0] == model):
+        dst = os.path.join(workdir, f"{model}.{source}.{target}.gguf")
+        llama_quantize(os.path.join(workdir, f"{model}.{source}.gguf"), dst, QUANTIZATIONS[target], True)
+        reference.setdefault("requantizations", {})[f"{source}->{target}"] = describe_output(dst)[0]
     return reference
 
 
