@@ -182,8 +182,8 @@ def _bf16_rows(out, x):
 
 
 def quantize_f32(x: np.ndarray) -> np.ndarray:
-    """x f32[rows, n] -> u8[rows, 4n] (the raw float32 bytes)."""
-    return np.ascontiguousarray(x, dtype=np.float32).view(np.uint8)
+    """x f32[rows, n] -> u8[rows, 4n]: a copy of the raw float32 bytes (never a view of x)."""
+    return np.array(x, dtype=np.float32, order="C", copy=True).view(np.uint8)
 
 
 def quantize_f16(x: np.ndarray) -> np.ndarray:

@@ -41,7 +41,8 @@ def edge_case_blocks():
         ramp * 3e-39, ramp * 1e-42,                    # subnormal: 1/d overflows to inf
         np.r_[3e38, -3e38, ramp[:30]],                 # max - min overflows to inf
         np.r_[1.0, np.zeros(31)], np.r_[np.zeros(31), -1.0],
-        (np.arange(32) - 16) / 2.0,                    # values exactly on rounding ties
+        (np.arange(32) - 16) / 2.0,
+        np.r_[127.0, -127.0, np.arange(30) - 14.5],    # Q8_0: d = 1, so x / d lands on .5 ties
         np.r_[70000.0, -0.5, ramp[:30]],               # d beyond float16's range
     ]
     return np.array(rows, dtype=np.float32)
