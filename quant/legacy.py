@@ -2,11 +2,11 @@
 
 Each block holds 32 weights and an f16 scale d (and an f16 offset m for the `_1` types):
 
-  Q4_0 18 B: d | qs[16]            w[j] = d * (q[j] - 8)
-  Q4_1 20 B: d | m | qs[16]        w[j] = d * q[j] + m
-  Q5_0 22 B: d | qh[4] | qs[16]    w[j] = d * (q[j] - 16)
-  Q5_1 24 B: d | m | qh[4] | qs[16] w[j] = d * q[j] + m
-  Q8_0 34 B: d | qs[32] int8       w[j] = d * q[j]
+  Q4_0 18 B: d | qs[16]              w[j] = d * (q[j] - 8)
+  Q4_1 20 B: d | m | qs[16]          w[j] = d * q[j] + m
+  Q5_0 22 B: d | qh[4] | qs[16]      w[j] = d * (q[j] - 16)
+  Q5_1 24 B: d | m | qh[4] | qs[16]  w[j] = d * q[j] + m
+  Q8_0 34 B: d | qs[32] int8         w[j] = d * q[j]
 
 For the 4/5-bit types byte qs[i] carries q[i] in its low nibble and q[i + 16] in its high
 nibble; for the 5-bit types bit j of the little-endian uint32 qh is bit 4 of q[j].
