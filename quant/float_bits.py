@@ -11,6 +11,7 @@ than on Python floats:
 * `f32_to_f16_bits` is IEEE round-to-nearest-even (what both ggml's software
   conversion and numpy's astype(float16) do), subnormals included.
 * `f16_bits_to_f32` is the exact widening.
+* `f16_at` / `put_f16` read / write a little-endian half inside a byte array.
 """
 from __future__ import annotations
 
@@ -111,3 +112,18 @@ def f16_bits_to_f32(h):
 def round_to_f16(x):
     """float32 rounded through half precision, as a float32 (what a reader of the block sees)."""
     return f16_bits_to_f32(f32_to_f16_bits(x))
+
+
+@njit(cache=True, inline="always")
+def f16_at(buf, off):
+    """The little-endian half at buf[off:off+2] (u8 array) as float32."""
+    return f16_bits_to_f32(np.intp(buf[off]) | (np.intp(buf[off + 1]) << 8))
+
+
+@njit(cache=True, inline="always")
+def put_f16(buf, off, value):
+    """Store float32 `value` as a little-endian half at buf[off:off+2]; return the stored value."""
+    h = f32_to_f16_bits(value)
+    buf[off] = h & 0xFF
+    buf[off + 1] = h >> 8
+    return f16_bits_to_f32(h)

@@ -18,7 +18,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 from numba import njit, prange
 
-from .float_bits import f32_to_f16_bits, nearest_int
+from .float_bits import nearest_int, put_f16
 from .iquants import KVALUES  # iquants imports this module only after defining its tables
 from .kquant_search import GROUP_MAX_EPS, signed_extremes, to_groups
 from .quantizer_kit import row_quantizer
@@ -97,13 +97,6 @@ def _pack_group(qs, xt, g, iscale):
         qs[j] = nearest_index(iscale * xt[j, g]) | (nearest_index(iscale * xt[j + 16, g]) << 4)
 
 
-@njit(**_jit, inline="always")
-def _store_f16(blk, off, value):
-    h = f32_to_f16_bits(value)
-    blk[off] = h & 0xFF
-    blk[off + 1] = h >> 8
-
-
 @njit(**_jit, parallel=True)
 def quantize_rows_iq4_nl(out, x):
     """out: u8[rows, n // 32 * 18]; x: f32[rows, n], n a multiple of 32."""
@@ -115,7 +108,7 @@ def quantize_rows_iq4_nl(out, x):
         group_scales(d, xt)
         for k in range(G):
             blk = out[r, 18 * k:18 * k + 18]
-            _store_f16(blk, 0, d[k])
+            put_f16(blk, 0, d[k])
             _pack_group(blk[2:18], xt, k, f32(1.0) / d[k] if d[k] != f32(0.0) else f32(0.0))
 
 
@@ -129,7 +122,7 @@ def _finish_block_iq4_xs(blk, xt, scales, g0):
             amax_scale = abs(scales[g0 + j])
             max_scale = scales[g0 + j]
     d = -max_scale / f32(32.0)
-    _store_f16(blk, 0, d)
+    put_f16(blk, 0, d)
     inv_d = f32(1.0) / d if d != f32(0.0) else f32(0.0)
     scales_h = 0
     for j in range(8):

@@ -22,7 +22,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from numba import njit, prange
 
-from .float_bits import f16_bits_to_f32
+from .float_bits import f16_at
 from .registry import QuantType, register
 
 f32 = np.float32
@@ -33,12 +33,6 @@ _KV = KVALUES.astype(np.float32)  # the table as the kernels use it (exact small
 NL_BLOCK, NL_BYTES = GGML_QUANT_SIZES[GGMLQuantizationType.IQ4_NL]  # 32, 18
 XS_BLOCK, XS_BYTES = GGML_QUANT_SIZES[GGMLQuantizationType.IQ4_XS]  # 256, 136
 DOT_FASTMATH = {"reassoc", "contract"}
-
-
-@njit(cache=True, inline="always")
-def f16_at(b, i):
-    """The little-endian half at b[i:i+2] (u8 array) as float32."""
-    return f16_bits_to_f32(np.intp(b[i]) | (np.intp(b[i + 1]) << 8))
 
 
 @njit(cache=True, inline="always")

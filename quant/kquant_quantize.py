@@ -24,9 +24,9 @@ import numpy as np
 from gguf import GGMLQuantizationType
 from numba import njit, prange
 
-from .float_bits import f16_bits_to_f32, f32_to_f16_bits, nearest_int
-from .kquant_search import (GROUP_MAX_EPS, make_affine_quants, make_q3_quants, make_symmetric_quants,
-                            to_groups)
+from .float_bits import nearest_int, put_f16
+from .kquant_search import (GROUP_MAX_EPS, clamp, make_affine_quants, make_q3_quants,
+                            make_symmetric_quants, to_groups)
 from .quantizer_kit import row_quantizer
 from .registry import register_quantizer
 
@@ -37,20 +37,6 @@ _jit = dict(cache=True, error_model="numpy")
 # The searches run on a whole row at once, group-major: L[i, g] is the level of
 # element i of group g (see kquant_search.py); super-block b owns groups
 # b * (256 // group) onwards.
-
-
-@njit(**_jit, inline="always")
-def _store_f16(blk, off, value):
-    """Write `value` as a little-endian half at blk[off]; return the stored value as float32."""
-    h = f32_to_f16_bits(value)
-    blk[off] = h & 0xFF
-    blk[off + 1] = h >> 8
-    return f16_bits_to_f32(h)
-
-
-@njit(**_jit, inline="always")
-def _clamp(v, lo, hi):
-    return lo if v < lo else (hi if v > hi else v)
 
 
 @njit(**_jit, inline="always")
@@ -81,7 +67,7 @@ def _affine_levels(L, xt, g, d, dmin, sc, mn, nmax):
         return
     ml = dmin * f32(mn)
     for i in range(L.shape[0]):
-        L[i, g] = _clamp(nearest_int((xt[i, g] + ml) / dl), 0, nmax)
+        L[i, g] = clamp(nearest_int((xt[i, g] + ml) / dl), 0, nmax)
 
 
 @njit(**_jit)
@@ -90,7 +76,7 @@ def _symmetric_levels(L, xt, g, dl, nmax):
     if dl == f32(0.0):
         return
     for i in range(L.shape[0]):
-        L[i, g] = _clamp(nearest_int(xt[i, g] / dl), -nmax, nmax - 1) + nmax
+        L[i, g] = clamp(nearest_int(xt[i, g] / dl), -nmax, nmax - 1) + nmax
 
 
 # ---------------------------------------------------------------- Q2_K
@@ -110,17 +96,17 @@ def _finish_block_q2_k(blk, L, xt, scales, mins, g0):
         iscale = f32(15.0) / max_scale
         for j in range(16):
             sc[j] = nearest_int(iscale * scales[g0 + j]) & 0xFF
-        d = _store_f16(blk, 80, max_scale / f32(15.0))
+        d = put_f16(blk, 80, max_scale / f32(15.0))
     else:
         sc[:] = 0
-        d = _store_f16(blk, 80, f32(0.0))
+        d = put_f16(blk, 80, f32(0.0))
     if max_min > f32(0.0):
         iscale = f32(15.0) / max_min
         for j in range(16):
             sc[j] = (sc[j] | (nearest_int(iscale * mins[g0 + j]) << 4)) & 0xFF
-        dmin = _store_f16(blk, 82, max_min / f32(15.0))
+        dmin = put_f16(blk, 82, max_min / f32(15.0))
     else:
-        dmin = _store_f16(blk, 82, f32(0.0))
+        dmin = put_f16(blk, 82, f32(0.0))
     for j in range(16):
         s = np.intp(sc[j])
         _affine_levels(L, xt, g0 + j, d, dmin, s & 0xF, s >> 4, 3)
@@ -160,15 +146,15 @@ def _finish_block_q3_k(blk, L, xt, scales, g0):
         iscale = f32(-32.0) / max_scale
         for j in range(16):
             l = ((nearest_int(iscale * scales[g0 + j]) + 128) & 0xFF) - 128  # C stores it in an int8
-            l = _clamp(l, -32, 31) + 32
+            l = clamp(l, -32, 31) + 32
             if j < 8:
                 sc[j] = l & 0xF
             else:
                 sc[j - 8] |= (l & 0xF) << 4
             sc[j % 4 + 8] |= (l >> 4) << (2 * (j // 4))
-        d = _store_f16(blk, 108, f32(1.0) / iscale)
+        d = put_f16(blk, 108, f32(1.0) / iscale)
     else:
-        d = _store_f16(blk, 108, f32(0.0))
+        d = put_f16(blk, 108, f32(0.0))
     for j in range(16):
         low = np.intp(sc[j]) & 0xF if j < 8 else np.intp(sc[j - 8]) >> 4
         s = (low | ((np.intp(sc[8 + j % 4]) >> (2 * (j // 4))) & 3) << 4) - 32
@@ -194,8 +180,9 @@ def quantize_rows_q3_k(out, x):
         scales = np.empty(G, np.float32)
         for g in range(G):
             scales[g] = make_q3_quants(Lg[g], xg[g], 4)
-        L = Lg.T  # group-major views, as the other types' finishing code expects
-        xt = xg.T
+        L = np.ascontiguousarray(Lg.T)  # group-major, as the finishing code of every type expects
+        xt = np.empty((16, G), np.float32)
+        to_groups(xt, x[r])
         for b in range(G // 16):
             _finish_block_q3_k(out[r, 110 * b:110 * b + 110], L, xt, scales, 16 * b)
 
@@ -255,8 +242,8 @@ def _finish_head_k4(head, L, xt, scales, mins, g0, nmax):
             sc[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4)
             sc[j - 4] |= (ls >> 4) << 6
             sc[j] |= (lm >> 4) << 6
-    d = _store_f16(head, 0, max_scale / f32(63.0))
-    dmin = _store_f16(head, 2, max_min / f32(63.0))
+    d = put_f16(head, 0, max_scale / f32(63.0))
+    dmin = put_f16(head, 2, max_min / f32(63.0))
     for j in range(8):
         s, m = _scale_min_k4(sc, j)
         _affine_levels(L, xt, g0 + j, d, dmin, s, m, nmax)
@@ -321,7 +308,7 @@ def _finish_block_q6_k(blk, L, xt, scales, g0):
         blk[:] = 0
         return
     iscale = f32(-128.0) / max_scale
-    d = _store_f16(blk, 208, f32(1.0) / iscale)
+    d = put_f16(blk, 208, f32(1.0) / iscale)
     for j in range(16):
         q = ((min(127, nearest_int(iscale * scales[g0 + j])) + 128) & 0xFF) - 128  # stored as int8
         blk[192 + j] = q & 0xFF

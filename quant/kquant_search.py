@@ -41,7 +41,8 @@ _jit = dict(cache=True, error_model="numpy")  # C semantics: x / 0 is inf, not a
 
 
 @njit(**_jit, inline="always")
-def _clamp(v, lo, hi):
+def clamp(v, lo, hi):
+    """v limited to [lo, hi] (ints)."""
     return lo if v < lo else (hi if v > hi else v)
 
 
@@ -92,7 +93,7 @@ def make_symmetric_quants(L, scale, x, nmax):
             suml2[g] = 0.0
         for i in range(gs):
             for g in range(G):
-                l = _clamp(nearest_int(iscale[g] * x[i, g]), -nmax, nmax - 1)
+                l = clamp(nearest_int(iscale[g] * x[i, g]), -nmax, nmax - 1)
                 Laux[i, g] = l + nmax
                 w = x[i, g] * x[i, g]
                 fl = f32(l)
@@ -135,7 +136,7 @@ def make_q3_quants(L, x, nmax):
     sumlx = f32(0.0)
     suml2 = f32(0.0)
     for i in range(n):
-        l = _clamp(nearest_int(iscale * x[i]), -nmax, nmax - 1)
+        l = clamp(nearest_int(iscale * x[i]), -nmax, nmax - 1)
         L[i] = l
         w = x[i] * x[i]
         fl = f32(l)
@@ -149,7 +150,7 @@ def make_q3_quants(L, x, nmax):
             slx = sumlx - w * x[i] * li
             if slx > f32(0.0):
                 sl2 = suml2 - w * li * li
-                new_l = _clamp(nearest_int(x[i] * sl2 / slx), -nmax, nmax - 1)
+                new_l = clamp(nearest_int(x[i] * sl2 / slx), -nmax, nmax - 1)
                 if new_l != L[i]:
                     fnew = f32(new_l)
                     slx += w * x[i] * fnew
@@ -204,7 +205,7 @@ def make_affine_quants(L, scale, offset, x, weights, nmax, rmin, rdelta, nstep, 
         best[g] = 0.0
     for i in range(gs):
         for g in range(G):
-            l = _clamp(nearest_int(iscale[g] * (x[i, g] - lo[g])), 0, nmax)
+            l = clamp(nearest_int(iscale[g] * (x[i, g] - lo[g])), 0, nmax)
             L[i, g] = l
             diff = scale[g] * f32(l) + lo[g] - x[i, g]
             diff = abs(diff) if use_mad else diff * diff
@@ -218,7 +219,7 @@ def make_affine_quants(L, scale, offset, x, weights, nmax, rmin, rdelta, nstep, 
             sum_xl[g] = 0.0
         for i in range(gs):
             for g in range(G):
-                l = _clamp(nearest_int(iscale[g] * (x[i, g] - lo[g])), 0, nmax)
+                l = clamp(nearest_int(iscale[g] * (x[i, g] - lo[g])), 0, nmax)
                 Laux[i, g] = l
                 w = weights[i, g]
                 fl = f32(l)

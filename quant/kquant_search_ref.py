@@ -18,15 +18,10 @@ import numpy as np
 from numba import njit
 
 from .float_bits import nearest_int
-from .kquant_search import GROUP_MAX_EPS
+from .kquant_search import GROUP_MAX_EPS, clamp
 
 f32 = np.float32
 _TENTH = f32(0.1)
-
-
-@njit(cache=True, inline="always")
-def _clamp(v, lo, hi):
-    return lo if v < lo else (hi if v > hi else v)
 
 
 @njit(cache=True, inline="always")
@@ -61,7 +56,7 @@ def make_symmetric_quants(L, x, nmax):
     sumlx = f32(0.0)
     suml2 = f32(0.0)
     for i in range(n):
-        l = _clamp(nearest_int(iscale * x[i]), -nmax, nmax - 1)
+        l = clamp(nearest_int(iscale * x[i]), -nmax, nmax - 1)
         L[i] = l + nmax
         w = x[i] * x[i]
         fl = f32(l)
@@ -76,13 +71,13 @@ def make_symmetric_quants(L, x, nmax):
         sumlx = f32(0.0)
         suml2 = f32(0.0)
         for i in range(n):
-            fl = f32(_clamp(nearest_int(iscale * x[i]), -nmax, nmax - 1))
+            fl = f32(clamp(nearest_int(iscale * x[i]), -nmax, nmax - 1))
             w = x[i] * x[i]
             sumlx += w * x[i] * fl
             suml2 += w * fl * fl
         if suml2 > f32(0.0) and sumlx * sumlx > best * suml2:
             for i in range(n):
-                L[i] = _clamp(nearest_int(iscale * x[i]), -nmax, nmax - 1) + nmax
+                L[i] = clamp(nearest_int(iscale * x[i]), -nmax, nmax - 1) + nmax
             scale = sumlx / suml2
             best = scale * sumlx
     return scale
@@ -122,7 +117,7 @@ def make_affine_quants(L, Laux, x, weights, nmax, rmin, rdelta, nstep, use_mad):
     scale = f32(1.0) / iscale
     best_error = f32(0.0)
     for i in range(n):
-        l = _clamp(nearest_int(iscale * (x[i] - lo)), 0, nmax)
+        l = clamp(nearest_int(iscale * (x[i] - lo)), 0, nmax)
         L[i] = l
         diff = scale * f32(l) + lo - x[i]
         diff = abs(diff) if use_mad else diff * diff
@@ -133,7 +128,7 @@ def make_affine_quants(L, Laux, x, weights, nmax, rmin, rdelta, nstep, use_mad):
         sum_l2 = f32(0.0)
         sum_xl = f32(0.0)
         for i in range(n):
-            l = _clamp(nearest_int(iscale * (x[i] - lo)), 0, nmax)
+            l = clamp(nearest_int(iscale * (x[i] - lo)), 0, nmax)
             Laux[i] = l
             w = weights[i]
             fl = f32(l)
