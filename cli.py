@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("lanternlm.formats.info", "describe a GGUF model"),
     "pull": ("lanternlm.formats.catalog_cli", "download a catalog model"),
     "list": ("lanternlm.formats.catalog_cli", "list catalog models and what is downloaded"),
+    "convert": ("lanternlm.formats.convert.cli", "convert a Hugging Face checkpoint to GGUF"),
     "quantize": ("lanternlm.quant.quantize_cli", "quantize a GGUF model (llama-quantize compatible)"),
 }
 

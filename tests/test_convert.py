@@ -1,0 +1,212 @@
+"""`convert_hf_to_gguf` against transformers: tiny random llama / qwen2 / gemma3 checkpoints are
+converted to f32 GGUF files, run with our Engine and tokenized with our tokenizer, and compared
+with transformers' logits and the HF tokenizer's ids. Each case also exercises one checkpoint
+form: an untied lm_head, sharded weights with an index, a padded vocabulary, bfloat16 weights,
+a SentencePiece tokenizer, and each recognised BPE pre-tokenizer.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGUFValueType as V
+from gguf import TokenType
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tiny_hf_checkpoints import (CHAT_TEMPLATE, CORPUS, GEMMA_CHAT_TEMPLATE,  # noqa: E402
+                                 build_checkpoint, hf_logits)
+
+from lanternlm.formats.convert import convert_hf_to_gguf  # noqa: E402
+from lanternlm.formats.convert.families.llama import interleave_rope_halves  # noqa: E402
+from lanternlm.formats.gguf import read_gguf  # noqa: E402
+
+# case -> (family, build options)
+CASES = {
+    "llama": ("llama", {}),                                            # untied, Llama 3 BPE
+    "qwen2": ("qwen2", {"extra_vocab": 7, "max_shard_size": "40KB"}),  # biases, shards, padding
+    "gemma3": ("gemma3", {"dtype": torch.bfloat16}),                   # bf16 weights, SentencePiece
+    "llama-smollm": ("llama", {"tokenizer": "smollm"}),                # SmolLM's pre-tokenizer
+}
+LOGIT_TEXTS = ["Hello world! The quick brown fox 123", "def add(a, b):\n    return a + b\n"]
+TOKENIZER_TEXTS = CORPUS + [
+    "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n",
+    "<tool> call and <start_of_turn>user\nhello<end_of_turn>",
+    " leading space and trailing space ",
+    "numbers 1 22 333 4444 55555 and 3.14159",
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """case -> (TinyCheckpoint, GGUFFile, path) of its f32 conversion, built on first use."""
+    cache = {}
+
+    def get(case):
+        if case not in cache:
+            family, options = CASES[case]
+            root = tmp_path_factory.mktemp(case)
+            ckpt = build_checkpoint(family, root / "hf", **options)
+            path = convert_hf_to_gguf(ckpt.path, root / "model.gguf", outtype="f32").path
+            cache[case] = (ckpt, read_gguf(path), path)
+        return cache[case]
+
+    return get
+
+
+@pytest.mark.parametrize("case", ["llama", "qwen2", "gemma3"])
+def test_logits_match_transformers(converted, case):
+    from lanternlm.runtime.engine import Engine
+
+    ckpt, _, path = converted(case)
+    # float32 throughout, as transformers computes (by default the engine rounds like llama.cpp)
+    engine = Engine.load(path, n_ctx=128, kv_f16=False, round_activations=False)
+    for text in LOGIT_TEXTS:
+        ids = ckpt.tokenizer.encode(text)
+        ref = hf_logits(ckpt, ids)
+        ours = engine.logits(ids)
+        assert ours.shape == ref.shape
+        assert ref.std() > 0.5  # the random model's logits spread: the comparison can fail
+        np.testing.assert_array_less(np.abs(ours - ref).max(), 1e-3)
+
+
+@pytest.mark.parametrize("add_special", [True, False])
+@pytest.mark.parametrize("case", list(CASES))
+def test_tokenizer_matches_hf(converted, case, add_special):
+    from lanternlm.formats.tokenizer import load_tokenizer
+
+    ckpt, gguf_file, _ = converted(case)
+    ours = load_tokenizer(gguf_file.kv)
+    for text in TOKENIZER_TEXTS:
+        expected = ckpt.tokenizer.encode(text, add_special_tokens=add_special)
+        assert ours.encode(text, add_special=add_special, parse_special=True) == expected, text
+
+
+def f32_tensor(gguf_file, name):
+    ref = gguf_file.tensors[name]
+    assert ref.type.name == "F32", name
+    return ref.data.view(np.float32).reshape(ref.shape)
+
+
+def _kv(gguf_file, key):
+    return gguf_file.kv[key], gguf_file.kv_types[key]
+
+
+def test_llama_metadata(converted):
+    ckpt, f, _ = converted("llama")
+    n_vocab = ckpt.model.config.vocab_size
+    expected = {
+        "general.architecture": ("llama", V.STRING),
+        "general.file_type": (0, V.UINT32),
+        "general.quantization_version": (2, V.UINT32),
+        "llama.block_count": (2, V.UINT32),
+        "llama.context_length": (256, V.UINT32),
+        "llama.embedding_length": (64, V.UINT32),
+        "llama.feed_forward_length": (128, V.UINT32),
+        "llama.attention.head_count": (4, V.UINT32),
+        "llama.attention.head_count_kv": (2, V.UINT32),
+        "llama.rope.freq_base": (10000.0, V.FLOAT32),
+        "llama.rope.dimension_count": (16, V.UINT32),
+        "llama.vocab_size": (n_vocab, V.UINT32),
+        "tokenizer.ggml.model": ("gpt2", V.STRING),
+        "tokenizer.ggml.pre": ("llama-bpe", V.STRING),
+        "tokenizer.ggml.bos_token_id": (ckpt.tokenizer.bos_token_id, V.UINT32),
+        "tokenizer.ggml.eos_token_id": (ckpt.tokenizer.eos_token_id, V.UINT32),
+        "tokenizer.ggml.add_bos_token": (True, V.BOOL),
+        "tokenizer.chat_template": (CHAT_TEMPLATE, V.STRING),
+    }
+    for key, value in expected.items():
+        assert _kv(f, key) == value, key
+    assert f.kv["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-6)
+    assert f.kv_array_types["tokenizer.ggml.token_type"] == V.INT32
+    types = f.kv["tokenizer.ggml.token_type"]
+    tokens = f.kv["tokenizer.ggml.tokens"]
+    assert len(tokens) == n_vocab
+    assert types[tokens.index("<|im_start|>")] == TokenType.CONTROL
+    assert types[tokens.index("<tool>")] == TokenType.USER_DEFINED  # added, not special
+    assert types[tokens.index("\u0120the")] == TokenType.NORMAL  # byte-level " the"
+    merges = json.loads((ckpt.path / "tokenizer.json").read_text())["model"]["merges"]
+    assert f.kv["tokenizer.ggml.merges"] == [" ".join(pair) for pair in merges]
+    # untied: both the embedding and the head are stored
+    assert {"token_embd.weight", "output.weight"} <= set(f.tensors)
+
+
+def test_qwen2_metadata_padding_and_tied_head(converted):
+    ckpt, f, _ = converted("qwen2")
+    assert _kv(f, "general.architecture") == ("qwen2", V.STRING)
+    assert _kv(f, "tokenizer.ggml.pre") == ("qwen2", V.STRING)
+    assert _kv(f, "tokenizer.ggml.eos_token_id") == (ckpt.tokenizer.eos_token_id, V.UINT32)
+    tokens, types = f.kv["tokenizer.ggml.tokens"], f.kv["tokenizer.ggml.token_type"]
+    n_tokenizer = len(ckpt.tokenizer)
+    assert len(tokens) == n_tokenizer + 7 == ckpt.model.config.vocab_size
+    assert tokens[n_tokenizer:] == [f"[PAD{i}]" for i in range(n_tokenizer, n_tokenizer + 7)]
+    assert all(t == TokenType.UNUSED for t in types[n_tokenizer:])
+    assert "output.weight" not in f.tensors  # tie_word_embeddings: the head is token_embd
+    assert tuple(f.tensors["token_embd.weight"].shape) == (n_tokenizer + 7, 64)
+    for kind in ("q", "k", "v"):
+        assert f"blk.1.attn_{kind}.bias" in f.tensors
+
+
+def test_gemma3_metadata_and_norm_offset(converted):
+    ckpt, f, _ = converted("gemma3")
+    expected = {
+        "general.architecture": ("gemma3", V.STRING),
+        "gemma3.rope.freq_base": (1_000_000.0, V.FLOAT32),
+        "gemma3.rope.freq_base_swa": (10000.0, V.FLOAT32),
+        "gemma3.attention.sliding_window": (64, V.UINT32),
+        "gemma3.attention.key_length": (16, V.UINT32),
+        "gemma3.attention.value_length": (16, V.UINT32),
+        "tokenizer.ggml.model": ("llama", V.STRING),
+        "tokenizer.ggml.pre": ("default", V.STRING),
+        "tokenizer.ggml.add_space_prefix": (False, V.BOOL),
+        "tokenizer.ggml.bos_token_id": (2, V.UINT32),
+        "tokenizer.ggml.eos_token_id": (1, V.UINT32),
+        "tokenizer.ggml.padding_token_id": (0, V.UINT32),
+        "tokenizer.chat_template": (GEMMA_CHAT_TEMPLATE, V.STRING),
+    }
+    for key, value in expected.items():
+        assert _kv(f, key) == value, key
+    tokens, types = f.kv["tokenizer.ggml.tokens"], f.kv["tokenizer.ggml.token_type"]
+    assert types[tokens.index("<start_of_turn>")] == TokenType.CONTROL
+    assert types[tokens.index("<0x41>")] == TokenType.BYTE
+    assert len(f.kv["tokenizer.ggml.scores"]) == len(tokens)
+    assert "output.weight" not in f.tensors
+    # every norm is stored as 1 + w (Gemma3RMSNorm's factor); the model holds w
+    hf_norm = ckpt.model.model.layers[1].post_feedforward_layernorm.weight.detach().numpy()
+    np.testing.assert_array_equal(f32_tensor(f, "blk.1.post_ffw_norm.weight"), hf_norm + 1)
+
+
+def test_llama_q_k_rows_are_reordered_for_ggml_rope(converted):
+    ckpt, f, _ = converted("llama")
+    # hand-computed: per head of 4 rows, HF's rotate-half pairs (0,2),(1,3) become adjacent
+    rows = np.arange(8)[:, None].repeat(3, axis=1)
+    np.testing.assert_array_equal(interleave_rope_halves(rows, 2)[:, 0], [0, 2, 1, 3, 4, 6, 5, 7])
+    attn = ckpt.model.model.layers[0].self_attn
+    q = attn.q_proj.weight.detach().numpy()     # 4 heads of 16 rows
+    k = attn.k_proj.weight.detach().numpy()     # 2 heads
+    stored_q = f32_tensor(f, "blk.0.attn_q.weight")
+    stored_k = f32_tensor(f, "blk.0.attn_k.weight")
+    np.testing.assert_array_equal(stored_q[1], q[8])       # head 0: row 1 <- row half (8)
+    np.testing.assert_array_equal(stored_q[16 + 2], q[16 + 1])
+    np.testing.assert_array_equal(stored_k[16 + 3], k[16 + 8 + 1])
+    np.testing.assert_array_equal(f32_tensor(f, "blk.0.attn_v.weight"),
+                                  attn.v_proj.weight.detach().numpy())
+
+
+def test_llama3_rope_factors_match_transformers(tmp_path):
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    ckpt = build_checkpoint("llama", tmp_path / "hf", rope_parameters=rope)
+    f = read_gguf(convert_hf_to_gguf(ckpt.path, tmp_path / "m.gguf", outtype="f16").path)
+    factors = f32_tensor(f, "rope_freqs.weight")
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](ckpt.model.config, "cpu")
+    dim = 16
+    plain = 1.0 / (500000.0 ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    expected = (plain / scaled.double()).numpy()
+    assert expected.min() == pytest.approx(1.0) and expected.max() == pytest.approx(8.0)  # all 3 bands
+    np.testing.assert_allclose(factors, expected, rtol=1e-5)
+    assert "llama.rope.scaling.type" not in f.kv
