@@ -13,6 +13,9 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "chat": ("lanternlm.runtime.chat_cli", "chat with a model in the terminal (default: smollm2-135m-instruct)"),
+    "run": ("lanternlm.runtime.run_cli", "generate a continuation of a prompt, streamed to stdout"),
+    "perplexity": ("lanternlm.runtime.perplexity", "perplexity (and KL divergence to a base model) on a text"),
     "info": ("lanternlm.formats.info", "describe a GGUF model"),
     "pull": ("lanternlm.formats.catalog_cli", "download a catalog model"),
     "list": ("lanternlm.formats.catalog_cli", "list catalog models and what is downloaded"),
@@ -25,11 +28,14 @@ def _load(name: str):
     return importlib.import_module(COMMANDS[name][0])
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s module is imported (so `lantern info` never loads Numba)."""
     parser = argparse.ArgumentParser(prog="lantern", description="Run GGUF language models locally.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        if name != command:
+            continue
         mod = _load(name)
         configure = getattr(mod, f"configure_{name}_parser", None) or mod.configure_parser
         configure(p)
@@ -38,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "_main", None):
         parser.print_help()
