@@ -6,6 +6,7 @@ a SentencePiece tokenizer, and each recognised BPE pre-tokenizer.
 """
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -210,3 +211,16 @@ def test_llama3_rope_factors_match_transformers(tmp_path):
     assert expected.min() == pytest.approx(1.0) and expected.max() == pytest.approx(8.0)  # all 3 bands
     np.testing.assert_allclose(factors, expected, rtol=1e-5)
     assert "llama.rope.scaling.type" not in f.kv
+
+
+def test_embedding_rows_beyond_the_vocabulary_are_dropped(converted, tmp_path):
+    # Gemma checkpoints carry embedding rows past the tokenizer's ids; the file keeps vocab_size rows
+    ckpt, f, _ = converted("qwen2")
+    src = shutil.copytree(ckpt.path, tmp_path / "hf")
+    config = json.loads((src / "config.json").read_text())
+    config["vocab_size"] -= 5
+    (src / "config.json").write_text(json.dumps(config))
+    cut = read_gguf(convert_hf_to_gguf(src, tmp_path / "cut.gguf", outtype="f32").path)
+    embd = f32_tensor(cut, "token_embd.weight")
+    assert embd.shape[0] == len(cut.kv["tokenizer.ggml.tokens"]) == config["vocab_size"]
+    np.testing.assert_array_equal(embd, f32_tensor(f, "token_embd.weight")[:config["vocab_size"]])

@@ -78,13 +78,14 @@ class HFCheckpoint:
             raise ConvertError(f"{directory}: not a directory (expected a Hugging Face checkpoint folder)")
         config = read_json(directory / CONFIG_FILE, what="model config")
         tensors: dict[str, SafetensorsTensor] = {}
-        listed = _shard_names(directory)
-        for shard in listed:
+        shards, weight_map = _shards(directory)
+        for shard in shards:
             for name, tensor in _read_header(directory / shard).items():
                 if name in tensors:
                     raise ConvertError(f"tensor {name!r} appears in both {tensors[name].path.name} and {shard}")
                 tensors[name] = tensor
-        _check_index_complete(directory, tensors)
+        if weight_map is not None:
+            _check_index_complete(directory, weight_map, tensors)
         return cls(directory, config, tensors)
 
 
@@ -102,8 +103,8 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     return value
 
 
-def _shard_names(directory: Path) -> list[str]:
-    """File names of the safetensors shards holding the weights."""
+def _shards(directory: Path) -> tuple[list[str], dict[str, str] | None]:
+    """File names of the safetensors shards holding the weights, and the index's weight map."""
     index_path = directory / INDEX_FILE
     if index_path.is_file():
         weight_map = read_json(index_path, what="shard index").get("weight_map")
@@ -114,20 +115,17 @@ def _shard_names(directory: Path) -> list[str]:
         if missing:
             raise ConvertError(f"{directory}: {INDEX_FILE} lists weight files that are missing: "
                                f"{', '.join(missing)}")
-        return shards
+        return shards, weight_map
     shards = sorted(p.name for p in directory.glob("model*.safetensors") if p.is_file())
     if shards:
-        return shards
+        return shards, None
     others = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt*"))
     hint = f" (found {', '.join(others)}: only safetensors weights are supported)" if others else ""
     raise ConvertError(f"{directory}: no model weights: no model*.safetensors{hint}")
 
 
-def _check_index_complete(directory: Path, tensors: dict[str, SafetensorsTensor]) -> None:
-    index_path = directory / INDEX_FILE
-    if not index_path.is_file():
-        return
-    weight_map = read_json(index_path, what="shard index")["weight_map"]
+def _check_index_complete(directory: Path, weight_map: dict[str, str],
+                          tensors: dict[str, SafetensorsTensor]) -> None:
     absent = sorted(name for name in weight_map if name not in tensors)
     if absent:
         shown = ", ".join(f"{n} ({weight_map[n]})" for n in absent[:5])

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import gguf
 import numpy as np
 
 from ..hf_config import HFConfig
 from ..metadata import MetadataBuilder
+
+if TYPE_CHECKING:
+    from ..hf_tokenizer import Vocab
 
 
 def _no_hparams(cfg: HFConfig, meta: MetadataBuilder) -> None:
@@ -23,7 +26,7 @@ def _no_tensors(cfg: HFConfig) -> Iterable[tuple[str, np.ndarray]]:
     return ()
 
 
-def _no_tokenizer_keys(vocab, meta: MetadataBuilder) -> None:
+def _no_tokenizer_keys(vocab: Vocab, meta: MetadataBuilder) -> None:
     return None
 
 
@@ -41,7 +44,7 @@ class Family:
     # tensors computed from the config: (GGUF name, float32 array)
     extra_tensors: Callable[[HFConfig], Iterable[tuple[str, np.ndarray]]] = _no_tensors
     # tokenizer keys that depend on the family, after the vocabulary was added
-    add_tokenizer_keys: Callable[[object, MetadataBuilder], None] = _no_tokenizer_keys
+    add_tokenizer_keys: Callable[["Vocab", MetadataBuilder], None] = _no_tokenizer_keys
     # rope scaling types whose effect this family writes itself (as extra tensors)
     rope_types: tuple[str, ...] = ()
 
