@@ -1,0 +1,154 @@
+"""The CPU backend: binds each graph node to Numba kernels over zero-copy weight views.
+
+`bind(node, out, srcs, t)` turns one node into the kernel calls that compute it, as
+`(function, args)` pairs with every array argument already resolved, so the executor's hot
+loop is just `fn(*args)`. Weights stay in their quantized blocks inside the file mapping:
+a matrix becomes a (rows, row_bytes) uint8 view handed to the registered quant kernels
+(`matvec` for one token, `matmul` for a batch). Only small 1-D tensors (norm weights, biases)
+are converted to float32 once, at first use.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from ...quant import QTYPES
+from ..graph import Node, Op
+from ..kv_cache import KVCache
+from . import cpu_kernels as K
+from .rope_table import rope_cos_sin
+
+Call = tuple[Callable, tuple]
+
+# A single query attends serially until the context is this long; longer, the parallel
+# launch pays for itself (measured with benchmarks/bench_decode.py).
+ATTENTION_PARALLEL_MIN_KEYS = 512
+
+
+class BackendError(ValueError):
+    """A weight this backend cannot use (unsupported type, wrong size)."""
+
+
+def _get_rows(out, table, ids, dequantize):
+    """out[i] = dequantize(table[ids[i]]). out: f32 (T, n); table: u8 (n_vocab, row_bytes);
+    ids: int64 (T,). A Python loop: one kernel call per token, whatever the weight type."""
+    for i in range(ids.shape[0]):
+        dequantize(out[i], table[ids[i]])
+
+
+def _attention_one_query(out, q, k_cache, v_cache, pos, scale, window):
+    """Decode-time attention: serial while the context is short, parallel over heads after."""
+    keys = pos[0] + 1 if window <= 0 else min(pos[0] + 1, window)
+    fn = K.attention_parallel if keys >= ATTENTION_PARALLEL_MIN_KEYS else K.attention
+    fn(out, q, k_cache, v_cache, pos, scale, window)
+
+
+class CpuBackend:
+    name = "cpu"
+
+    def __init__(self, tensors: Mapping, kv: KVCache):
+        self.tensors = tensors
+        self.kv = kv
+        self._rows: dict[str, np.ndarray] = {}
+        self._vectors: dict[str, np.ndarray] = {}
+        self._rope: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+    # ---- memory ----------------------------------------------------------------------------
+    @staticmethod
+    def zeros(shape, dtype=np.float32) -> np.ndarray:
+        return np.zeros(shape, dtype=dtype)
+
+    # ---- weights ---------------------------------------------------------------------------
+    def _qtype(self, name: str):
+        ref = self.tensors[name]
+        qt = QTYPES.get(GGMLQuantizationType(int(ref.type)))
+        if qt is None:
+            raise BackendError(f"tensor {name} has type {ref.type.name}, which has no registered kernels")
+        return ref, qt
+
+    def rows(self, name: str) -> np.ndarray:
+        """A weight matrix as uint8 (rows, row_bytes): a view of the mapping, no copy."""
+        w = self._rows.get(name)
+        if w is None:
+            ref, qt = self._qtype(name)
+            n = int(ref.shape[-1])
+            n_rows = int(np.prod(ref.shape[:-1], dtype=np.int64))
+            row_bytes = qt.row_bytes(n)
+            if ref.data.size != n_rows * row_bytes:
+                raise BackendError(f"tensor {name}: {ref.data.size} bytes for {n_rows} rows of {row_bytes}")
+            w = self._rows[name] = ref.data.reshape(n_rows, row_bytes)
+        return w
+
+    def vector(self, name: str) -> np.ndarray:
+        """A small 1-D weight (norm, bias) as float32 (n,), converted once."""
+        v = self._vectors.get(name)
+        if v is None:
+            ref, qt = self._qtype(name)
+            v = np.empty(int(np.prod(ref.shape)), dtype=np.float32)
+            qt.dequantize(v, np.ascontiguousarray(ref.data).reshape(-1))
+            self._vectors[name] = v
+        return v
+
+    def rope_table(self, n_rot: int, base: float, freq_scale: float):
+        key = (n_rot, base, freq_scale)
+        if key not in self._rope:
+            self._rope[key] = rope_cos_sin(self.kv.n_ctx, n_rot, base, freq_scale)
+        return self._rope[key]
+
+    # ---- binding ---------------------------------------------------------------------------
+    def bind(self, node: Node, out: np.ndarray, srcs: tuple[np.ndarray, ...], t: int) -> list[Call]:
+        """The kernel calls computing `node` for `t` tokens into `out` from `srcs` (array views)."""
+        return _BINDERS[node.op](self, node, out, srcs, t)
+
+
+def _bind_get_rows(be: CpuBackend, node, out, srcs, t):
+    table = node.weights[0]
+    _, qt = be._qtype(table)
+    return [(_get_rows, (out, be.rows(table), srcs[0], qt.dequantize))]
+
+
+def _bind_mul_mat(be: CpuBackend, node, out, srcs, t):
+    name = node.weights[0]
+    w = be.rows(name)
+    _, qt = be._qtype(name)
+    (x,) = srcs
+    if x.shape[0] == 1:  # one row: the matrix-vector kernel (decode, or the last-token head)
+        return [(qt.matvec, (out[0], w, x[0]))]
+    return [(qt.matmul, (out, w, x))]
+
+
+def _bind_rope(be: CpuBackend, node, out, srcs, t):
+    p = node.params
+    cos, sin = be.rope_table(p["n_rot"], p["base"], p["freq_scale"])
+    x, pos = srcs
+    return [(K.rope, (out, x, pos, cos, sin, p["head_dim"], p["n_rot"], p["neox"]))]
+
+
+def _bind_attention(be: CpuBackend, node, out, srcs, t):
+    p = node.params
+    q, k, v, pos = srcs
+    layer = p["layer"]
+    kc, vc = be.kv.k[layer], be.kv.v[layer]
+    if kc.shape[0] != p["n_head_kv"] or kc.shape[2] != p["head_dim"] or vc.shape[2] != p["head_dim_v"]:
+        raise BackendError(f"layer {layer}: KV cache {kc.shape} does not fit the attention node")
+    attend = K.attention_parallel if t > 1 else _attention_one_query
+    return [(K.kv_store, (kc, vc, k, v, pos)),
+            (attend, (out, q, kc, vc, pos, np.float32(p["scale"]), p["window"]))]
+
+
+_BINDERS: dict[Op, Callable] = {
+    Op.GET_ROWS: _bind_get_rows,
+    Op.MUL_MAT: _bind_mul_mat,
+    Op.ADD: lambda be, node, out, srcs, t: [(K.add, (out, *srcs))],
+    Op.ADD_BIAS: lambda be, node, out, srcs, t: [(K.add_bias, (out, srcs[0], be.vector(node.weights[0])))],
+    Op.SCALE: lambda be, node, out, srcs, t: [(K.scale, (out, srcs[0], np.float32(node.params["s"])))],
+    Op.RMS_NORM: lambda be, node, out, srcs, t: [
+        (K.rms_norm, (out, srcs[0], be.vector(node.weights[0]), node.params["eps"]))],
+    Op.ROPE: _bind_rope,
+    Op.ATTENTION: _bind_attention,
+    Op.SWIGLU: lambda be, node, out, srcs, t: [(K.swiglu, (out, *srcs))],
+    Op.GEGLU: lambda be, node, out, srcs, t: [(K.geglu, (out, *srcs))],
+    Op.LAST_ROW: lambda be, node, out, srcs, t: [(K.last_row, (out, srcs[0]))],
+}

@@ -1,0 +1,181 @@
+"""The model's hyperparameters, read once from GGUF metadata into one frozen dataclass.
+
+Generic keys live under the architecture's prefix (`llama.embedding_length`, ...); facts that
+only one architecture has (Gemma 3's sliding-window layer pattern, its attention scale) come
+from that architecture's `hparams()` hook in `runtime.models`. Everything a graph builder needs
+is a field here, so no model code reads the raw metadata.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+
+class ConfigError(ValueError):
+    """GGUF metadata is missing a key the runtime needs, or holds an unsupported value."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str                       # general.architecture as written in the file
+    n_vocab: int
+    n_ctx_train: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    n_ff: int
+    rms_eps: float
+    head_dim: int = 0               # key/query width per head; 0 -> n_embd // n_head
+    head_dim_v: int = 0             # value width per head; 0 -> head_dim
+    n_rot: int = 0                  # rotated dims per head; 0 -> head_dim
+    rope_base: float = 10000.0
+    rope_freq_scale: float = 1.0    # linear position scaling (1 / rope.scaling.factor)
+    rope_neox: bool = False         # True: rotate (x[i], x[i + n_rot/2]); False: (x[2i], x[2i+1])
+    rope_base_swa: float = 10000.0  # rope base of sliding-window layers
+    sliding_window: int = 0         # keys a sliding-window layer sees, itself included; 0: none
+    swa_layers: tuple[bool, ...] = ()  # per layer: uses the sliding window; () -> none do
+    attn_scale: float = 0.0         # softmax scale of q.k; 0 -> 1 / sqrt(head_dim)
+    embd_scale: float = 1.0         # token embeddings are multiplied by this
+    attn_qkv_bias: bool = False     # q/k/v projections carry bias tensors
+    # derived in __post_init__
+    n_embd_q: int = field(init=False)   # n_head * head_dim
+    n_embd_kv: int = field(init=False)  # n_head_kv * head_dim
+    n_gqa: int = field(init=False)      # query heads per KV head
+
+    def __post_init__(self):
+        def derive(name, value):
+            object.__setattr__(self, name, value)
+
+        for name in ("n_vocab", "n_embd", "n_layer", "n_head", "n_head_kv", "n_ff"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{self.arch}: {name} must be positive, got {getattr(self, name)}")
+        if not self.head_dim:
+            if self.n_embd % self.n_head:
+                raise ConfigError(f"{self.arch}: n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
+            derive("head_dim", self.n_embd // self.n_head)
+        if not self.head_dim_v:
+            derive("head_dim_v", self.head_dim)
+        if not self.n_rot:
+            derive("n_rot", self.head_dim)
+        if self.n_rot > self.head_dim or self.n_rot % 2:
+            raise ConfigError(f"{self.arch}: rope dimension {self.n_rot} must be even and <= head_dim {self.head_dim}")
+        if self.n_head % self.n_head_kv:
+            raise ConfigError(f"{self.arch}: n_head {self.n_head} is not a multiple of n_head_kv {self.n_head_kv}")
+        if not self.swa_layers:
+            derive("swa_layers", (False,) * self.n_layer)
+        if len(self.swa_layers) != self.n_layer:
+            raise ConfigError(f"{self.arch}: {len(self.swa_layers)} sliding-window flags for {self.n_layer} layers")
+        if any(self.swa_layers) and self.sliding_window <= 0:
+            raise ConfigError(f"{self.arch}: sliding-window layers need a positive sliding_window")
+        if not self.attn_scale:
+            derive("attn_scale", 1.0 / math.sqrt(self.head_dim))
+        derive("n_embd_q", self.n_head * self.head_dim)
+        derive("n_embd_kv", self.n_head_kv * self.head_dim)
+        derive("n_gqa", self.n_head // self.n_head_kv)
+
+    # per-layer facts the graph builders ask for
+    def layer_window(self, il: int) -> int:
+        """Keys visible to a query in layer `il` (itself included); 0 means all earlier ones."""
+        return self.sliding_window if self.swa_layers[il] else 0
+
+    def layer_rope_base(self, il: int) -> float:
+        return self.rope_base_swa if self.swa_layers[il] else self.rope_base
+
+    def layer_rope_freq_scale(self, il: int) -> float:
+        # position scaling stretches the global layers only; local layers never see far positions
+        return 1.0 if self.swa_layers[il] else self.rope_freq_scale
+
+    @classmethod
+    def from_kv(cls, kv: Mapping[str, Any]) -> ModelConfig:
+        """Read a config from GGUF metadata (`GGUFFile.kv`)."""
+        from .models import get_architecture  # models register their hparams hooks
+
+        arch = kv.get("general.architecture")
+        if not isinstance(arch, str):
+            raise ConfigError("GGUF metadata has no general.architecture")
+        spec = get_architecture(arch)
+        fields = generic_fields(kv, arch)
+        fields.update(spec.module.hparams(KV(kv, arch), dict(fields)))
+        fields.update(spec.overrides)
+        return cls(arch=arch, **fields)
+
+
+class KV:
+    """Typed access to one architecture's metadata keys: `kv.int("block_count")` reads
+    `<arch>.block_count`; a missing required key raises ConfigError naming the full key."""
+
+    _MISSING = object()
+
+    def __init__(self, kv: Mapping[str, Any], arch: str):
+        self.raw, self.arch = kv, arch
+
+    def get(self, key: str, default=None):
+        return self.raw.get(f"{self.arch}.{key}", default)
+
+    def _value(self, key, default):
+        value = self.get(key, self._MISSING)
+        if value is self._MISSING:
+            if default is self._MISSING:
+                raise ConfigError(f"GGUF metadata lacks {self.arch}.{key}")
+            return default
+        return value
+
+    def int(self, key: str, default=_MISSING) -> int:
+        value = self._value(key, default)
+        if isinstance(value, (list, np.ndarray)):  # per-layer arrays: only uniform ones are supported
+            values = {int(v) for v in value}
+            if len(values) != 1:
+                raise ConfigError(f"{self.arch}.{key} varies per layer ({sorted(values)}); not supported")
+            value = values.pop()
+        return int(value)
+
+    def float(self, key: str, default=_MISSING) -> float:
+        return float(self._value(key, default))
+
+
+def generic_fields(kv: Mapping[str, Any], arch: str) -> dict:
+    """The config fields every decoder-only transformer has under the same keys."""
+    k = KV(kv, arch)
+    n_embd = k.int("embedding_length")
+    n_head = k.int("attention.head_count")
+    fields = dict(
+        n_vocab=_vocab_size(kv, k),
+        n_ctx_train=k.int("context_length"),
+        n_embd=n_embd,
+        n_layer=k.int("block_count"),
+        n_head=n_head,
+        n_head_kv=k.int("attention.head_count_kv", n_head),
+        n_ff=k.int("feed_forward_length"),
+        rms_eps=k.float("attention.layer_norm_rms_epsilon"),
+        head_dim=k.int("attention.key_length", 0),
+        head_dim_v=k.int("attention.value_length", 0),
+        n_rot=k.int("rope.dimension_count", 0),
+        rope_base=k.float("rope.freq_base", 10000.0),
+        rope_freq_scale=_rope_freq_scale(k),
+    )
+    if k.float("final_logit_softcapping", 0.0):
+        raise ConfigError(f"{arch}: final logit soft-capping is not supported")
+    return fields
+
+
+def _vocab_size(kv, k: KV) -> int:
+    if k.get("vocab_size") is not None:
+        return k.int("vocab_size")
+    tokens = kv.get("tokenizer.ggml.tokens")
+    if tokens is None:
+        raise ConfigError(f"GGUF metadata has neither {k.arch}.vocab_size nor tokenizer.ggml.tokens")
+    return len(tokens)
+
+
+def _rope_freq_scale(k: KV) -> float:
+    kind = k.get("rope.scaling.type", "none")
+    factor = k.float("rope.scaling.factor", 0.0)
+    if kind == "none" or factor in (0.0, 1.0):
+        return 1.0
+    if kind == "linear":
+        return 1.0 / factor
+    raise ConfigError(f"{k.arch}: rope scaling {kind!r} is not supported (only linear)")

@@ -1,0 +1,99 @@
+"""Runs planned graphs: binds every node to backend kernels once, then loops over the calls.
+
+All graphs of a model share one scratch arena (only one runs at a time), sized for the largest
+plan. A `Program` is a graph bound for a given token count: its calls hold array views into
+the arena, the KV cache and the weights, so `Program.run()` -- the hot function -- does nothing
+but call kernels. The decode program is bound once; prefill programs are bound once per chunk
+length; the all-logits program is bound per call because it writes into the caller's array.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from .graph import Graph, Kind, Tensor
+from .planner import Plan, plan
+
+
+class Program:
+    """A graph bound to buffers for `t` tokens.
+
+    ids, pos: int64 (t,) inputs the caller fills before `run()`;
+    logits: f32 (rows, n_vocab) output view (rows = t for an all-logits graph, else 1).
+    """
+
+    __slots__ = ("calls", "ids", "pos", "logits", "t", "views")
+
+    def __init__(self, calls, ids, pos, logits, t, views):
+        self.calls = calls
+        self.ids = ids
+        self.pos = pos
+        self.logits = logits
+        self.t = t
+        self.views = views  # tensor name -> array view, for inspecting intermediates
+
+    def run(self) -> None:
+        # The hot function: one Python-level call per kernel, nothing else.
+        for fn, args in self.calls:
+            fn(*args)
+
+
+class Executor:
+    def __init__(self, backend, graphs: Mapping[str, Graph], max_tokens: int):
+        self.backend = backend
+        self.graphs = dict(graphs)
+        self.plans: dict[str, Plan] = {key: plan(g) for key, g in self.graphs.items()}
+        for key, g in self.graphs.items():
+            if g.n_tokens > max_tokens:
+                raise ValueError(f"graph {key!r} has {g.n_tokens} tokens; inputs hold {max_tokens}")
+        self.arena = backend.zeros(max(p.size for p in self.plans.values()), np.float32)
+        self.ids = backend.zeros(max_tokens, np.int64)
+        self.pos = backend.zeros(max_tokens, np.int64)
+        self._programs: dict[tuple[str, int], Program] = {}
+
+    @property
+    def arena_bytes(self) -> int:
+        return self.arena.nbytes
+
+    def program(self, key: str, t: int, out: np.ndarray | None = None) -> Program:
+        """`graph[key]` bound for `t` tokens (cached), or, for an all-logits graph, bound to write
+        its logits into `out` (f32 (t, n_vocab)), not cached."""
+        graph = self.graphs[key]
+        if not 1 <= t <= graph.n_tokens:
+            raise ValueError(f"graph {key!r} runs 1..{graph.n_tokens} tokens, not {t}")
+        if graph.all_logits:
+            if out is None:
+                raise ValueError(f"graph {key!r} writes all logits into a caller array: pass out")
+            return self._bind(key, t, out)
+        prog = self._programs.get((key, t))
+        if prog is None:
+            prog = self._programs[(key, t)] = self._bind(key, t, None)
+        return prog
+
+    def _bind(self, key: str, t: int, out: np.ndarray | None) -> Program:
+        graph, offsets = self.graphs[key], self.plans[key].offsets
+        views: dict[str, np.ndarray] = {graph.ids.name: self.ids[:t], graph.pos.name: self.pos[:t]}
+
+        def view(tensor: Tensor) -> np.ndarray:
+            v = views.get(tensor.name)
+            if v is None:
+                if tensor.kind is Kind.EXTERNAL:
+                    v = out
+                    expect = (tensor.rows(t), tensor.width)
+                    if v.shape != expect or v.dtype != np.float32 or not v.flags.c_contiguous:
+                        raise ValueError(f"output array must be C-contiguous float32 {expect}, got "
+                                         f"{v.dtype} {v.shape}")
+                else:
+                    start = offsets[tensor.name]
+                    planned_rows = tensor.rows(graph.n_tokens)
+                    block = self.arena[start:start + planned_rows * tensor.width]
+                    v = block.reshape(planned_rows, tensor.width)[:tensor.rows(t)]
+                views[tensor.name] = v
+            return v
+
+        calls = []
+        for node in graph.nodes:
+            srcs = tuple(view(s) for s in node.srcs)
+            calls.extend(self.backend.bind(node, view(node.out), srcs, t))
+        return Program(calls, views[graph.ids.name], views[graph.pos.name], view(graph.output), t, views)

@@ -1,0 +1,219 @@
+"""A ggml-like computation graph: a list of ops over named 2-D float tensors.
+
+An architecture module builds the graph once per (model, token count) by calling the builder
+methods below in forward order; nothing is computed here. Tensors are (rows, width) float32
+matrices whose rows are the tokens of the batch (`per_token`) or a single row (after
+`output_rows` picks the last token). Weights are referred to by their GGUF names and
+activations are named after the weight that produced them (`blk.3.attn_q` is the output of
+`blk.3.attn_q.weight`), so any intermediate can be compared with llama.cpp's by name.
+
+The graph knows weight shapes (to check the model code against the file) but no data and no
+kernels: a backend binds each node to its kernels (runtime.backends) and the planner places
+activations in one scratch arena (runtime.planner).
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+
+class Op(enum.Enum):
+    GET_ROWS = "get_rows"    # weights: (table,); srcs: (ids,)            -> table rows, dequantized
+    MUL_MAT = "mul_mat"      # weights: (W (rows, n),); srcs: (x (T, n),)  -> x @ W.T
+    ADD = "add"              # srcs: (a, b) same shape                    -> a + b
+    ADD_BIAS = "add_bias"    # weights: (bias (n,),); srcs: (x (T, n),)   -> x + bias on every row
+    SCALE = "scale"          # srcs: (x,); params: s                      -> x * s
+    RMS_NORM = "rms_norm"    # weights: (w (g,),); srcs: (x,); params: eps -> each g-wide group of a
+                             #   row divided by its root mean square, then times w
+    ROPE = "rope"            # srcs: (x, pos); params: head_dim, n_rot, base, freq_scale, neox
+    ATTENTION = "attention"  # srcs: (q, k, v, pos); params: layer, n_head, n_head_kv, head_dim,
+                             #   head_dim_v, scale, window. Appends k, v to the layer's KV cache at
+                             #   `pos`, then causal softmax(q.k * scale) @ v over the cache.
+    SWIGLU = "swiglu"        # srcs: (gate, up)                           -> silu(gate) * up
+    GEGLU = "geglu"          # srcs: (gate, up)                           -> gelu_tanh(gate) * up
+    LAST_ROW = "last_row"    # srcs: (x (T, n),)                          -> x[T-1:T]
+
+
+# Ops whose output may overwrite their first source in place (every backend kernel for them
+# must be alias-safe): the planner reuses the source's buffer when this op is its last reader.
+INPLACE_OPS = frozenset({Op.ADD, Op.ADD_BIAS, Op.SCALE, Op.RMS_NORM, Op.ROPE, Op.SWIGLU, Op.GEGLU})
+
+
+class Kind(enum.Enum):
+    INPUT = "input"            # token ids / positions, 1-D int arrays filled by the engine
+    ACTIVATION = "activation"  # float32 (rows, width) in the planner's arena
+    EXTERNAL = "external"      # the all-logits output: written into the caller's array
+
+
+@dataclass(eq=False)
+class Tensor:
+    name: str
+    width: int
+    per_token: bool = True
+    kind: Kind = Kind.ACTIVATION
+
+    def rows(self, n_tokens: int) -> int:
+        return n_tokens if self.per_token else 1
+
+    def __repr__(self) -> str:
+        return f"Tensor({self.name!r}, {'T' if self.per_token else 1}x{self.width})"
+
+
+@dataclass(eq=False)
+class Node:
+    op: Op
+    out: Tensor
+    srcs: tuple[Tensor, ...]
+    weights: tuple[str, ...] = ()
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class GraphError(ValueError):
+    """The model code and the GGUF file disagree (missing tensor, wrong shape)."""
+
+
+class MissingTensorsError(GraphError):
+    def __init__(self, arch: str, missing: Sequence[str]):
+        self.missing = list(missing)
+        super().__init__(f"{arch}: the GGUF file lacks {len(self.missing)} tensor(s) the model needs: "
+                         + ", ".join(self.missing[:12]) + (" ..." if len(self.missing) > 12 else ""))
+
+
+class Graph:
+    """One forward pass over up to `n_tokens` tokens.
+
+    `all_logits` False: the logits of the last token only (rows == 1); True: logits for every
+    token, written into a caller-supplied array (`Kind.EXTERNAL`).
+    """
+
+    def __init__(self, arch: str, weight_shapes: Mapping[str, tuple[int, ...]], n_tokens: int,
+                 all_logits: bool = False):
+        if n_tokens < 1:
+            raise ValueError(f"a graph needs at least one token, got n_tokens={n_tokens}")
+        self.arch = arch
+        self.weight_shapes = weight_shapes
+        self.n_tokens = n_tokens
+        self.all_logits = all_logits
+        self.nodes: list[Node] = []
+        self.ids = Tensor("inp_tokens", 1, kind=Kind.INPUT)  # (T,) token ids
+        self.pos = Tensor("inp_pos", 1, kind=Kind.INPUT)     # (T,) positions in the sequence
+        self.output: Tensor | None = None
+        self.missing: list[str] = []
+        self._names: set[str] = {self.ids.name, self.pos.name}
+
+    # ---- weights ----------------------------------------------------------------------
+    def has_weight(self, name: str) -> bool:
+        return name in self.weight_shapes
+
+    def _weight(self, name: str) -> tuple[int, ...] | None:
+        """The weight's shape, or None (recorded as missing) when the file lacks it."""
+        shape = self.weight_shapes.get(name)
+        if shape is None and name not in self.missing:
+            self.missing.append(name)
+        return shape
+
+    def _check(self, ok: bool, message: str) -> None:
+        # after a missing weight, widths are placeholders: report the missing tensors instead
+        if not ok and not self.missing:
+            raise GraphError(f"{self.arch}: {message}")
+
+    # ---- nodes ------------------------------------------------------------------------
+    def _node(self, op: Op, name: str, width: int, srcs, weights=(), per_token=None, **params) -> Tensor:
+        if name in self._names:
+            raise GraphError(f"{self.arch}: two graph tensors are named {name!r}")
+        self._names.add(name)
+        if per_token is None:
+            per_token = all(s.per_token for s in srcs)
+        out = Tensor(name, width, per_token)
+        self.nodes.append(Node(op, out, tuple(srcs), tuple(weights), params))
+        return out
+
+    @staticmethod
+    def _stem(weight: str) -> str:
+        return weight[: -len(".weight")] if weight.endswith(".weight") else weight
+
+    def get_rows(self, table: str, name: str = "inp_embd") -> Tensor:
+        shape = self._weight(table)
+        width = shape[-1] if shape else 0
+        return self._node(Op.GET_ROWS, name, width, (self.ids,), (table,), per_token=True)
+
+    def mul_mat(self, weight: str, x: Tensor, name: str | None = None) -> Tensor:
+        shape = self._weight(weight)
+        rows = 0
+        if shape is not None:
+            self._check(len(shape) == 2, f"{weight} has shape {shape}, expected a matrix")
+            rows, cols = shape if len(shape) == 2 else (0, 0)
+            self._check(cols == x.width, f"{weight} {shape} cannot multiply {x} (width {x.width})")
+        return self._node(Op.MUL_MAT, name or self._stem(weight), rows, (x,), (weight,))
+
+    def add(self, a: Tensor, b: Tensor, name: str) -> Tensor:
+        self._check(a.width == b.width and a.per_token == b.per_token, f"cannot add {a} and {b}")
+        return self._node(Op.ADD, name, a.width, (a, b))
+
+    def add_bias(self, x: Tensor, bias: str, name: str | None = None) -> Tensor:
+        shape = self._weight(bias)
+        if shape is not None:
+            self._check(shape == (x.width,), f"bias {bias} {shape} does not fit {x}")
+        return self._node(Op.ADD_BIAS, name or f"{x.name}.biased", x.width, (x,), (bias,))
+
+    def scale(self, x: Tensor, s: float, name: str) -> Tensor:
+        return self._node(Op.SCALE, name, x.width, (x,), s=float(s))
+
+    def rms_norm(self, x: Tensor, weight: str, eps: float, name: str | None = None) -> Tensor:
+        """Normalize each `len(weight)`-wide group of x's rows: a whole row (`attn_norm`) or one
+        attention head (`attn_q_norm`)."""
+        shape = self._weight(weight)
+        if shape is not None:
+            self._check(len(shape) == 1 and shape[0] > 0 and x.width % shape[0] == 0,
+                        f"norm weight {weight} {shape} does not divide {x}")
+        return self._node(Op.RMS_NORM, name or self._stem(weight), x.width, (x,), (weight,), eps=float(eps))
+
+    def rope(self, x: Tensor, *, head_dim: int, n_rot: int, base: float, freq_scale: float,
+             neox: bool, name: str | None = None) -> Tensor:
+        self._check(x.width % head_dim == 0, f"rope head_dim {head_dim} does not divide {x}")
+        return self._node(Op.ROPE, name or f"{x.name}.rope", x.width, (x, self.pos), head_dim=head_dim,
+                          n_rot=n_rot, base=float(base), freq_scale=float(freq_scale), neox=bool(neox))
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, *, layer: int, n_head: int, n_head_kv: int,
+                  head_dim: int, head_dim_v: int, scale: float, window: int, name: str) -> Tensor:
+        self._check(q.width == n_head * head_dim, f"{q} is not {n_head} heads of {head_dim}")
+        self._check(k.width == n_head_kv * head_dim, f"{k} is not {n_head_kv} heads of {head_dim}")
+        self._check(v.width == n_head_kv * head_dim_v, f"{v} is not {n_head_kv} heads of {head_dim_v}")
+        self._check(n_head % n_head_kv == 0, f"{n_head} query heads do not share {n_head_kv} KV heads")
+        return self._node(Op.ATTENTION, name, n_head * head_dim_v, (q, k, v, self.pos), layer=layer,
+                          n_head=n_head, n_head_kv=n_head_kv, head_dim=head_dim, head_dim_v=head_dim_v,
+                          scale=float(scale), window=int(window))
+
+    def _glu(self, op: Op, gate: Tensor, up: Tensor, name: str) -> Tensor:
+        self._check(gate.width == up.width, f"gate {gate} and up {up} differ")
+        return self._node(op, name, gate.width, (gate, up))
+
+    def swiglu(self, gate: Tensor, up: Tensor, name: str) -> Tensor:
+        return self._glu(Op.SWIGLU, gate, up, name)
+
+    def geglu(self, gate: Tensor, up: Tensor, name: str) -> Tensor:
+        return self._glu(Op.GEGLU, gate, up, name)
+
+    def output_rows(self, x: Tensor) -> Tensor:
+        """The rows whose logits are wanted: all of them, or just the last token's."""
+        if self.all_logits:
+            return x
+        return self._node(Op.LAST_ROW, f"{x.name}.last", x.width, (x,), per_token=False)
+
+    def set_output(self, logits: Tensor) -> None:
+        if self.all_logits:
+            logits.kind = Kind.EXTERNAL
+        self.output = logits
+
+    def finish(self) -> Graph:
+        """Raise for anything the model needed but the file lacks; the graph is then complete."""
+        if self.missing:
+            raise MissingTensorsError(self.arch, self.missing)
+        if self.output is None:
+            raise GraphError(f"{self.arch}: the model code set no output")
+        return self
+
+    def __repr__(self) -> str:
+        return (f"Graph({self.arch}, n_tokens={self.n_tokens}, all_logits={self.all_logits}, "
+                f"{len(self.nodes)} nodes)")

@@ -1,0 +1,47 @@
+"""Model definitions, one small module per architecture, all exporting the same two names:
+
+    hparams(kv: config.KV, fields: dict) -> dict
+        config fields this architecture reads or derives itself (on top of the generic ones);
+    build(g: graph.Graph, cfg: ModelConfig) -> None
+        the forward pass, as graph builder calls, ending with g.set_output(logits).
+
+`ARCHITECTURES` maps a GGUF `general.architecture` to the module implementing its forward and
+the config overrides that distinguish it (as mlx-lm's aliases do): qwen2 is llama with q/k/v
+biases and NEOX-ordered rope.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType, ModuleType
+from typing import Mapping
+
+from . import gemma3, llama
+
+
+@dataclass(frozen=True)
+class Architecture:
+    module: ModuleType
+    overrides: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "llama": Architecture(llama),
+    "qwen2": Architecture(llama, MappingProxyType({"rope_neox": True, "attn_qkv_bias": True})),
+    "gemma3": Architecture(gemma3),
+}
+
+
+class UnknownArchitectureError(ValueError):
+    pass
+
+
+def get_architecture(name: str) -> Architecture:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise UnknownArchitectureError(
+            f"unsupported model architecture {name!r}; supported: {', '.join(sorted(ARCHITECTURES))}"
+        ) from None
+
+
+__all__ = ["ARCHITECTURES", "Architecture", "UnknownArchitectureError", "get_architecture"]

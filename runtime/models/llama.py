@@ -1,0 +1,38 @@
+"""Llama: pre-norm decoder with RMSNorm, rotary attention (GQA) and a SwiGLU feed-forward.
+
+Also serves qwen2 (see models.ARCHITECTURES): the same forward with q/k/v biases and
+NEOX-ordered rope. Llama GGUFs use adjacent-pair rope because the converter permuted the
+rows of Q and K to undo Hugging Face's rotate-half layout.
+"""
+from __future__ import annotations
+
+from .common import attention, lm_head, rope
+
+
+def hparams(kv, fields: dict) -> dict:
+    return {}
+
+
+def build(g, cfg) -> None:
+    x = g.get_rows("token_embd.weight", name="inp_embd")            # (T, n_embd)
+    for il in range(cfg.n_layer):
+        p = f"blk.{il}."
+        h = g.rms_norm(x, p + "attn_norm.weight", cfg.rms_eps)      # (T, n_embd)
+        q = g.mul_mat(p + "attn_q.weight", h)                       # (T, n_head * head_dim)
+        k = g.mul_mat(p + "attn_k.weight", h)                       # (T, n_head_kv * head_dim)
+        v = g.mul_mat(p + "attn_v.weight", h)                       # (T, n_head_kv * head_dim_v)
+        if cfg.attn_qkv_bias:
+            q = g.add_bias(q, p + "attn_q.bias")
+            k = g.add_bias(k, p + "attn_k.bias")
+            v = g.add_bias(v, p + "attn_v.bias")
+        q = rope(g, cfg, q, il)
+        k = rope(g, cfg, k, il)
+        a = attention(g, cfg, q, k, v, il)                          # (T, n_head * head_dim_v)
+        a = g.mul_mat(p + "attn_output.weight", a)                  # (T, n_embd)
+        x = g.add(x, a, name=p + "ffn_inp")
+        h = g.rms_norm(x, p + "ffn_norm.weight", cfg.rms_eps)
+        gate = g.mul_mat(p + "ffn_gate.weight", h)                  # (T, n_ff)
+        up = g.mul_mat(p + "ffn_up.weight", h)                      # (T, n_ff)
+        f = g.mul_mat(p + "ffn_down.weight", g.swiglu(gate, up, name=p + "ffn_act"))
+        x = g.add(x, f, name=p + "l_out")                           # (T, n_embd)
+    lm_head(g, cfg, x)
