@@ -13,8 +13,9 @@ of scales_h) and the group's weights are d * (ls - 32) * KVALUES[q].
 
 The decoders reproduce gguf-py's float32 order (d * q, and (d * (ls - 32)) * q)
 so `dequantize` is bit-identical to gguf.quants.dequantize; they run without
-fastmath.  matvec/matmul reassociate their sums (fastmath) and are tested
-against dequantize(W) @ x with a tolerance.  Quantizers: iquant_quantize.py.
+fastmath.  matvec/matmul decode into small float buffers and reassociate
+their dot products (fastmath); they are tested against dequantize(W) @ x with
+a tolerance.  Quantizers: iquant_quantize.py.
 """
 from __future__ import annotations
 
@@ -87,39 +88,16 @@ def dequantize_iq4_xs(out, blocks):
 
 
 # ---------------------------------------------------------------- dot products
-
-@njit(cache=True, inline="always", fastmath=DOT_FASTMATH)
-def dot_group(b, q, x, xo):
-    """sum_j KVALUES[nibble j of b[q:q+16]] * x[xo + j] over one 32-group (unscaled)."""
-    lo = f32(0.0)
-    hi = f32(0.0)
-    for j in range(16):
-        v = np.intp(b[q + j])
-        lo += _KV[v & 0xF] * x[xo + j]
-        hi += _KV[v >> 4] * x[xo + 16 + j]
-    return lo + hi
+# matvec decodes up to 256 weights at a time into a small buffer (stays in L1) and
+# dots it with x: the table lookups of the decode do not vectorize, the dot does.
 
 
 @njit(cache=True, inline="always", fastmath=DOT_FASTMATH)
-def dot_nl_row(row, x):
-    """dequantize(row) . x for one IQ4_NL row u8[n // 32 * 18] and x f32[n]."""
+def _dot(buf, x, xo, m):
+    """buf[:m] . x[xo:xo+m]."""
     acc = f32(0.0)
-    for k in range(x.size // NL_BLOCK):
-        i = k * NL_BYTES
-        acc += f16_at(row, i) * dot_group(row, i + 2, x, k * NL_BLOCK)
-    return acc
-
-
-@njit(cache=True, inline="always", fastmath=DOT_FASTMATH)
-def dot_xs_row(row, x):
-    """dequantize(row) . x for one IQ4_XS row u8[n // 256 * 136] and x f32[n]."""
-    acc = f32(0.0)
-    for k in range(x.size // XS_BLOCK):
-        i = k * XS_BYTES
-        block = f32(0.0)
-        for g in range(8):
-            block += f32(xs_group_scale(row, i, g)) * dot_group(row, i + 8 + 16 * g, x, k * XS_BLOCK + 32 * g)
-        acc += f16_at(row, i) * block
+    for j in range(m):
+        acc += buf[j] * x[xo + j]
     return acc
 
 
@@ -137,8 +115,20 @@ def _check_shapes(out_rows, w, n, block, nbytes):
 def matvec_iq4_nl(out, w, x):
     """out: f32[rows] <- w: u8[rows, n // 32 * 18] (IQ4_NL) @ x: f32[n]."""
     _check_shapes(out.size, w, x.size, NL_BLOCK, NL_BYTES)
+    n_blocks = x.size // NL_BLOCK
     for r in prange(w.shape[0]):
-        out[r] = dot_nl_row(w[r], x)
+        row = w[r]
+        buf = np.empty(XS_BLOCK, dtype=np.float32)
+        acc = f32(0.0)
+        full = n_blocks - n_blocks % 8
+        for k0 in range(0, full, 8):  # fixed-size chunks: the compiler unrolls and vectorizes
+            for k in range(8):
+                decode_nl_block(buf, NL_BLOCK * k, row, NL_BYTES * (k0 + k))
+            acc += _dot(buf, x, NL_BLOCK * k0, XS_BLOCK)
+        for k in range(full, n_blocks):
+            decode_nl_block(buf, 0, row, NL_BYTES * k)
+            acc += _dot(buf, x, NL_BLOCK * k, NL_BLOCK)
+        out[r] = acc
 
 
 @njit(cache=True, parallel=True, fastmath=DOT_FASTMATH)
@@ -146,7 +136,13 @@ def matvec_iq4_xs(out, w, x):
     """out: f32[rows] <- w: u8[rows, n // 256 * 136] (IQ4_XS) @ x: f32[n]."""
     _check_shapes(out.size, w, x.size, XS_BLOCK, XS_BYTES)
     for r in prange(w.shape[0]):
-        out[r] = dot_xs_row(w[r], x)
+        row = w[r]
+        buf = np.empty(XS_BLOCK, dtype=np.float32)
+        acc = f32(0.0)
+        for k in range(x.size // XS_BLOCK):
+            decode_xs_block(buf, 0, row, XS_BYTES * k)
+            acc += _dot(buf, x, XS_BLOCK * k, XS_BLOCK)
+        out[r] = acc
 
 
 @njit(cache=True, inline="always", fastmath=DOT_FASTMATH)
