@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+from .generate import GenerationChunk, GenerationStats
 from .model import DEFAULT_MAX_TOKENS, Model
 
 
@@ -23,6 +24,10 @@ class ChatSession:
         self.model = model
         self.options = default_options
         self.messages: list[dict[str, str]] = []
+        # The latest turn's counters and why it ended (None while it runs or if cut short),
+        # for front ends that report speed and context use.
+        self.last_stats: GenerationStats | None = None
+        self.last_finish_reason: str | None = None
         if system_prompt:
             self.messages.append({"role": "system", "content": system_prompt})
 
@@ -43,18 +48,21 @@ class ChatSession:
         self.messages.append({"role": "user", "content": content})
         try:
             self.fit_context(reserve=options.get("max_tokens", DEFAULT_MAX_TOKENS) or 0)
-            pieces = self.model.stream_chat(self.messages, **options)
+            chunks = self.model.stream_generate(self.model.chat_prompt_ids(self.messages), **options)
         except BaseException:
             self.messages.pop()
             raise
-        return self._recorded(pieces)
+        self.last_stats, self.last_finish_reason = None, None
+        return self._recorded(chunks)
 
-    def _recorded(self, pieces: Iterator[str]) -> Iterator[str]:
+    def _recorded(self, chunks: Iterator[GenerationChunk]) -> Iterator[str]:
         reply = []
         try:
-            for piece in pieces:
-                reply.append(piece)
-                yield piece
+            for chunk in chunks:
+                self.last_stats, self.last_finish_reason = chunk.stats, chunk.finish_reason
+                if chunk.text:
+                    reply.append(chunk.text)
+                    yield chunk.text
         finally:
             self.messages.append({"role": "assistant", "content": "".join(reply)})
 

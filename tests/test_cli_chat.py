@@ -1,0 +1,213 @@
+"""`lantern chat`, end to end: in a pseudo-terminal (streaming, Ctrl-C, /save, /quit, Ctrl-D),
+with piped input (turn-2 prefill = only the new message, context overflow drops old turns
+and keeps the system prompt), and its commands in-process."""
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pexpect
+import pytest
+
+from lanternlm.formats.gguf import read_gguf
+from lanternlm.formats.tokenizer import load_tokenizer
+from lanternlm.runtime.chat_cli import COMMANDS, ChatREPL
+from lanternlm.runtime.chat_session import ChatSession
+from lanternlm.runtime.model import Model
+
+GREEDY = ["--temp", "0", "-t", "1"]      # deterministic; one thread is fastest on a shared machine
+STATS = re.compile(r"\[(\d+) tokens, [^|\]]*\| prefill (\d+) tokens[^|\]]*\| context (\d+)/(\d+)")
+TIMEOUT = 300
+
+
+def chat_argv(model_path, *flags) -> list[str]:
+    return ["-m", "lanternlm.cli", "chat", str(model_path), *GREEDY, *map(str, flags)]
+
+
+def run_piped(model_path, lines, *flags, cwd) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *chat_argv(model_path, *flags)], cwd=cwd, timeout=TIMEOUT,
+                          input="".join(line + "\n" for line in lines), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_path):
+    return load_tokenizer(read_gguf(smollm2_path).kv)
+
+
+def chatml(role: str, content: str) -> str:
+    """SmolLM2's template for one message, written out by hand."""
+    return f"<|im_start|>{role}\n{content}<|im_end|>\n"
+
+
+def test_piped_turns_prefill_only_the_new_message(smollm2_path, tokenizer, tmp_path):
+    n = 8
+    proc = run_piped(smollm2_path, ["Hi!", "What is 2+2?", "/save conv.json"],
+                     "-n", n, "--ctx", 256, "--system", "You are terse.", cwd=tmp_path)
+    saved = json.loads((tmp_path / "conv.json").read_text())["messages"]
+    assert [m["role"] for m in saved] == ["system", "user", "assistant", "user", "assistant"]
+    assert saved[0]["content"] == "You are terse."
+    answers = [saved[2]["content"], saved[4]["content"]]
+    assert all(answers)
+    assert proc.stdout == "".join(a + "\n" for a in answers)        # stdout: just the answers
+
+    turns = [tuple(map(int, m.groups())) for m in STATS.finditer(proc.stderr)]
+    assert len(turns) == 2, proc.stderr
+    (tokens1, prefill1, _, _), (_, prefill2, used2, n_ctx) = turns
+    generation_prompt = "<|im_start|>assistant\n"
+    first_prompt = chatml("system", "You are terse.") + chatml("user", "Hi!") + generation_prompt
+    assert prefill1 == len(tokenizer.encode(first_prompt, add_special=False))
+    # The cache holds turn 1's prompt and answer; an answer cut by -n lacks its last token,
+    # which was sampled but never evaluated. Turn 2 evaluates that, then only the new message.
+    new_message = "<|im_end|>\n" + chatml("user", "What is 2+2?") + generation_prompt
+    assert prefill2 == len(tokenizer.encode(new_message, add_special=False)) + (1 if tokens1 == n else 0)
+    assert n_ctx == 256 and used2 > prefill1 + prefill2
+
+
+def test_context_overflow_drops_old_turns_and_keeps_the_system_prompt(smollm2_path, tmp_path):
+    messages = ["Tell me about ships.", "What is a sail?", "Name a sea.", "Who was Blackbeard?"]
+    proc = run_piped(smollm2_path, [*messages, "/save conv.json"],
+                     "-n", 8, "--ctx", 64, "--system", "You are a pirate.", cwd=tmp_path)
+    turns = [tuple(map(int, m.groups())) for m in STATS.finditer(proc.stderr)]
+    assert len(turns) == len(messages), proc.stderr           # every turn got an answer
+    assert all(tokens >= 1 and used <= n_ctx == 64 for tokens, _, used, n_ctx in turns)
+    assert "old messages to fit the context" in proc.stderr
+    saved = json.loads((tmp_path / "conv.json").read_text())["messages"]
+    assert saved[0] == {"role": "system", "content": "You are a pirate."}
+    users = [m["content"] for m in saved if m["role"] == "user"]
+    assert 1 <= len(users) < len(messages) and users == messages[-len(users):]
+    assert saved[-1]["role"] == "assistant" and saved[-1]["content"]
+
+
+def spawn_chat(model_path, cwd, *flags) -> pexpect.spawn:
+    env = {**os.environ, "TERM": "dumb"}      # no terminal escapes from readline
+    child = pexpect.spawn(sys.executable, chat_argv(model_path, *flags), cwd=str(cwd), env=env,
+                          dimensions=(24, 200), encoding="utf-8", timeout=TIMEOUT)
+    child.expect_exact(">>> ")
+    return child
+
+
+def read_answer(child) -> list[str]:
+    """Everything printed until the next prompt, as the separate reads it arrived in."""
+    reads = []
+    while ">>> " not in "".join(reads):
+        reads.append(child.read_nonblocking(4096, timeout=TIMEOUT))
+    return reads
+
+
+def test_terminal_session_streams_interrupts_saves_and_quits(smollm2_path, tmp_path):
+    child = spawn_chat(smollm2_path, tmp_path, "-n", 10, "--ctx", 512)
+    try:
+        child.sendline("Hi!")
+        reads = read_answer(child)
+        text = "".join(reads)
+        assert STATS.search(text) and "\x1b[2m[" in text         # the dim stats line
+        answer_reads = [r for r in reads if "Hi!" not in r and "tokens" not in r and r.strip()]
+        assert len(answer_reads) >= 2, reads                      # streamed, not printed at once
+
+        child.sendline("What is 2+2?")
+        assert STATS.search("".join(read_answer(child)))
+
+        child.sendline("/set n 400")
+        child.expect_exact(">>> ")
+        child.sendline("Write a long story about a dragon.")
+        child.expect_exact("dragon.\r\n")                         # our line echoed; the answer follows
+        child.expect(r"\w\w+")                                     # the answer has begun
+        child.send("\x03")
+        child.expect_exact("interrupted")
+        child.expect_exact(">>> ")
+
+        child.sendline("/set n 6")
+        child.expect_exact(">>> ")
+        child.sendline("Thanks!")
+        tokens = int(STATS.search("".join(read_answer(child))).group(1))
+        assert tokens >= 1                                         # the chat goes on after Ctrl-C
+
+        child.sendline("/save conv.json")
+        child.expect_exact("saved 8 messages to conv.json")
+        child.expect_exact(">>> ")
+        child.sendline("/quit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+    saved = json.loads((tmp_path / "conv.json").read_text())["messages"]
+    assert [m["content"] for m in saved if m["role"] == "user"] == \
+        ["Hi!", "What is 2+2?", "Write a long story about a dragon.", "Thanks!"]
+    story = saved[5]["content"]
+    assert story.strip(), "the interrupted answer keeps what was said"
+
+
+def test_ctrl_c_clears_the_line_and_ctrl_d_exits(smollm2_path, tmp_path):
+    child = spawn_chat(smollm2_path, tmp_path, "-q")
+    try:
+        child.send("half a thought")
+        child.send("\x03")                                        # discard the line, new prompt
+        child.expect_exact(">>> ")
+        child.send("\x04")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+
+
+# ---------------------------------------------------------------- commands, in-process
+
+@pytest.fixture(scope="module")
+def session(smollm2_path):
+    return ChatSession(Model.load(smollm2_path, n_ctx=64, threads=1), system_prompt="Be brief.",
+                       temperature=0.0, max_tokens=8)
+
+
+def run_commands(session, *lines) -> str:
+    err = io.StringIO()
+    repl = ChatREPL(session, interactive=True, quiet=True, out=io.StringIO(), err=err)
+    for line in lines:
+        assert repl.command(line) is True
+    return err.getvalue()
+
+
+def test_system_reset_and_help(session):
+    session.messages[1:] = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    run_commands(session, "/system Be very brief.")
+    assert session.messages[0] == {"role": "system", "content": "Be very brief."}
+    assert "conversation cleared (system prompt kept)" in run_commands(session, "/reset")
+    assert session.messages == [{"role": "system", "content": "Be very brief."}]
+    listing = run_commands(session, "/help")
+    assert all(c.usage in listing for c in COMMANDS.values())
+    assert "unknown command /nope" in run_commands(session, "/nope")
+    assert ChatREPL(session, interactive=True, quiet=True).command("/quit") is False
+
+
+def test_set_validates_and_updates_options(session):
+    before = dict(session.options)
+    assert "error: bad value 'hot' for temp" in run_commands(session, "/set temp hot")
+    assert "top_p must be in [0, 1]" in run_commands(session, "/set top-p 2")
+    assert "unknown setting 'warmth'" in run_commands(session, "/set warmth 1")
+    assert session.options == before
+    run_commands(session, "/set n -1", "/set seed 5", "/set top-k 3")
+    assert session.options == {**before, "max_tokens": None, "seed": 5, "top_k": 3}
+    assert "n=-1" in run_commands(session, "/set")
+
+
+def test_save_then_load_round_trips_and_bad_files_are_refused(session, tmp_path):
+    conversation = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"},
+                    {"role": "assistant", "content": "A"}]
+    session.messages[:] = conversation
+    path = tmp_path / "c.json"
+    run_commands(session, f"/save {path}")
+    session.messages[:] = []
+    assert "loaded 3 messages" in run_commands(session, f"/load {path}")
+    assert session.messages == conversation
+
+    bad = {"notjson.json": "{", "nolist.json": '{"messages": 3}',
+           "role.json": '[{"role": "robot", "content": "x"}]',
+           "late_system.json": '[{"role": "user", "content": "x"}, {"role": "system", "content": "y"}]'}
+    for name, text in bad.items():
+        (tmp_path / name).write_text(text)
+        assert run_commands(session, f"/load {tmp_path / name}").startswith("error: "), name
+    assert run_commands(session, f"/load {tmp_path / 'absent.json'}").startswith("error: ")
+    assert session.messages == conversation                       # unchanged by the failures
