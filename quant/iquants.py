@@ -111,38 +111,55 @@ def _check_shapes(out_rows, w, n, block, nbytes):
         raise ValueError("IQ4 matvec/matmul: output length does not match the weight rows")
 
 
+@njit(cache=True, inline="always", fastmath=DOT_FASTMATH)
+def dot_nl_row(row, x, buf):
+    """dequantize(row) . x for one IQ4_NL row u8[n // 32 * 18], x f32[n]; buf: f32[256] scratch."""
+    n_blocks = x.size // NL_BLOCK
+    full = n_blocks - n_blocks % 8
+    acc = f32(0.0)
+    for k0 in range(0, full, 8):  # fixed-size chunks: the compiler unrolls and vectorizes
+        for k in range(8):
+            decode_nl_block(buf, NL_BLOCK * k, row, NL_BYTES * (k0 + k))
+        acc += _dot(buf, x, NL_BLOCK * k0, XS_BLOCK)
+    for k in range(full, n_blocks):
+        decode_nl_block(buf, 0, row, NL_BYTES * k)
+        acc += _dot(buf, x, NL_BLOCK * k, NL_BLOCK)
+    return acc
+
+
+@njit(cache=True, inline="always", fastmath=DOT_FASTMATH)
+def dot_xs_row(row, x, buf):
+    """dequantize(row) . x for one IQ4_XS row u8[n // 256 * 136], x f32[n]; buf: f32[256] scratch."""
+    acc = f32(0.0)
+    for k in range(x.size // XS_BLOCK):
+        decode_xs_block(buf, 0, row, XS_BYTES * k)
+        acc += _dot(buf, x, XS_BLOCK * k, XS_BLOCK)
+    return acc
+
+
+_ROWS_PER_TASK = 32  # rows per parallel work item: scratch buffers are allocated per item
+
+
 @njit(cache=True, parallel=True, fastmath=DOT_FASTMATH)
 def matvec_iq4_nl(out, w, x):
     """out: f32[rows] <- w: u8[rows, n // 32 * 18] (IQ4_NL) @ x: f32[n]."""
     _check_shapes(out.size, w, x.size, NL_BLOCK, NL_BYTES)
-    n_blocks = x.size // NL_BLOCK
-    for r in prange(w.shape[0]):
-        row = w[r]
+    rows = w.shape[0]
+    for task in prange((rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
         buf = np.empty(XS_BLOCK, dtype=np.float32)
-        acc = f32(0.0)
-        full = n_blocks - n_blocks % 8
-        for k0 in range(0, full, 8):  # fixed-size chunks: the compiler unrolls and vectorizes
-            for k in range(8):
-                decode_nl_block(buf, NL_BLOCK * k, row, NL_BYTES * (k0 + k))
-            acc += _dot(buf, x, NL_BLOCK * k0, XS_BLOCK)
-        for k in range(full, n_blocks):
-            decode_nl_block(buf, 0, row, NL_BYTES * k)
-            acc += _dot(buf, x, NL_BLOCK * k, NL_BLOCK)
-        out[r] = acc
+        for r in range(task * _ROWS_PER_TASK, min(rows, (task + 1) * _ROWS_PER_TASK)):
+            out[r] = dot_nl_row(w[r], x, buf)
 
 
 @njit(cache=True, parallel=True, fastmath=DOT_FASTMATH)
 def matvec_iq4_xs(out, w, x):
     """out: f32[rows] <- w: u8[rows, n // 256 * 136] (IQ4_XS) @ x: f32[n]."""
     _check_shapes(out.size, w, x.size, XS_BLOCK, XS_BYTES)
-    for r in prange(w.shape[0]):
-        row = w[r]
+    rows = w.shape[0]
+    for task in prange((rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
         buf = np.empty(XS_BLOCK, dtype=np.float32)
-        acc = f32(0.0)
-        for k in range(x.size // XS_BLOCK):
-            decode_xs_block(buf, 0, row, XS_BYTES * k)
-            acc += _dot(buf, x, XS_BLOCK * k, XS_BLOCK)
-        out[r] = acc
+        for r in range(task * _ROWS_PER_TASK, min(rows, (task + 1) * _ROWS_PER_TASK)):
+            out[r] = dot_xs_row(w[r], x, buf)
 
 
 @njit(cache=True, inline="always", fastmath=DOT_FASTMATH)
@@ -164,12 +181,14 @@ def matmul_iq4_nl(out, w, x):
     n = x.shape[1]
     _check_shapes(out.shape[1], w, n, NL_BLOCK, NL_BYTES)
     if out.shape[0] != x.shape[0]:
-        raise ValueError("IQ4_NL matmul: output rows do not match the activation rows")
-    for r in prange(w.shape[0]):
+        raise ValueError("IQ4 matmul: output rows do not match the activation rows")
+    rows = w.shape[0]
+    for task in prange((rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
         wrow = np.empty(n, dtype=np.float32)
-        for k in range(n // NL_BLOCK):
-            decode_nl_block(wrow, k * NL_BLOCK, w[r], k * NL_BYTES)
-        dot_decoded_row(out, r, wrow, x)
+        for r in range(task * _ROWS_PER_TASK, min(rows, (task + 1) * _ROWS_PER_TASK)):
+            for k in range(n // NL_BLOCK):
+                decode_nl_block(wrow, k * NL_BLOCK, w[r], k * NL_BYTES)
+            dot_decoded_row(out, r, wrow, x)
 
 
 @njit(cache=True, parallel=True, fastmath=DOT_FASTMATH)
@@ -181,12 +200,14 @@ def matmul_iq4_xs(out, w, x):
     n = x.shape[1]
     _check_shapes(out.shape[1], w, n, XS_BLOCK, XS_BYTES)
     if out.shape[0] != x.shape[0]:
-        raise ValueError("IQ4_XS matmul: output rows do not match the activation rows")
-    for r in prange(w.shape[0]):
+        raise ValueError("IQ4 matmul: output rows do not match the activation rows")
+    rows = w.shape[0]
+    for task in prange((rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
         wrow = np.empty(n, dtype=np.float32)
-        for k in range(n // XS_BLOCK):
-            decode_xs_block(wrow, k * XS_BLOCK, w[r], k * XS_BYTES)
-        dot_decoded_row(out, r, wrow, x)
+        for r in range(task * _ROWS_PER_TASK, min(rows, (task + 1) * _ROWS_PER_TASK)):
+            for k in range(n // XS_BLOCK):
+                decode_xs_block(wrow, k * XS_BLOCK, w[r], k * XS_BYTES)
+            dot_decoded_row(out, r, wrow, x)
 
 
 # ---------------------------------------------------------------- registration
