@@ -1,0 +1,227 @@
+"""The Engine on tiny generated GGUF models (llama, qwen2, gemma3) against a float64 numpy
+forward pass written here from the architectures' definitions; plus decode/prefill/chunking
+consistency, cache truncation and input errors."""
+import math
+
+import gguf
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+
+from lanternlm.formats.writer import write_gguf
+from lanternlm.quant import quantize
+from lanternlm.runtime.engine import ContextFullError, Engine
+from lanternlm.runtime.graph import MissingTensorsError
+
+N_VOCAB, N_EMBD, N_HEAD, N_HEAD_KV, HEAD_DIM, N_FF, N_LAYER = 64, 64, 4, 2, 16, 96, 3
+EPS = 1e-5
+WINDOW = 4  # gemma3: local layers see 4 keys; pattern 2 -> layers 0 and 2 local, 1 global
+
+
+def tiny_model(arch, seed=0):
+    """kv metadata and float32 weights (name -> array) of a random tiny model."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape, scale=None):
+        scale = scale if scale is not None else 1.0 / math.sqrt(shape[-1])
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    kv = {
+        f"{arch}.context_length": 256, f"{arch}.embedding_length": N_EMBD, f"{arch}.block_count": N_LAYER,
+        f"{arch}.feed_forward_length": N_FF, f"{arch}.attention.head_count": N_HEAD,
+        f"{arch}.attention.head_count_kv": N_HEAD_KV, f"{arch}.attention.layer_norm_rms_epsilon": EPS,
+        f"{arch}.rope.freq_base": 10000.0 if arch == "llama" else 1e6,
+        "tokenizer.ggml.tokens": [f"<t{i}>" for i in range(N_VOCAB)],
+    }
+    q, kvw = N_HEAD * HEAD_DIM, N_HEAD_KV * HEAD_DIM
+    weights = {"token_embd.weight": w(N_VOCAB, N_EMBD, scale=1.0), "output_norm.weight": 1 + w(N_EMBD, scale=0.1)}
+    if arch != "gemma3":
+        weights["output.weight"] = w(N_VOCAB, N_EMBD)
+    else:
+        kv.update({"gemma3.attention.key_length": HEAD_DIM, "gemma3.attention.value_length": HEAD_DIM,
+                   "gemma3.attention.sliding_window": WINDOW, "gemma3.attention.sliding_window_pattern": 2})
+        weights["token_embd.weight"] *= 0.1
+    for il in range(N_LAYER):
+        p = f"blk.{il}."
+        weights.update({
+            p + "attn_norm.weight": 1 + w(N_EMBD, scale=0.1), p + "ffn_norm.weight": 1 + w(N_EMBD, scale=0.1),
+            p + "attn_q.weight": w(q, N_EMBD), p + "attn_k.weight": w(kvw, N_EMBD), p + "attn_v.weight": w(kvw, N_EMBD),
+            p + "attn_output.weight": w(N_EMBD, q), p + "ffn_gate.weight": w(N_FF, N_EMBD),
+            p + "ffn_up.weight": w(N_FF, N_EMBD), p + "ffn_down.weight": w(N_EMBD, N_FF)})
+        if arch == "qwen2":
+            weights.update({p + "attn_q.bias": w(q, scale=0.5), p + "attn_k.bias": w(kvw, scale=0.5),
+                            p + "attn_v.bias": w(kvw, scale=0.5)})
+        if arch == "gemma3":
+            weights.update({p + "attn_q_norm.weight": 1 + w(HEAD_DIM, scale=0.1),
+                            p + "attn_k_norm.weight": 1 + w(HEAD_DIM, scale=0.1),
+                            p + "post_attention_norm.weight": 1 + w(N_EMBD, scale=0.1),
+                            p + "post_ffw_norm.weight": 1 + w(N_EMBD, scale=0.1)})
+    return kv, weights
+
+
+def write_model(path, arch, kv, weights, embd_type=T.Q8_0, drop=()):
+    """Write the model with token_embd in `embd_type`; returns the weights as the file holds them."""
+    tensors, stored = [], {}
+    for name, arr in weights.items():
+        if name in drop:
+            continue
+        if name == "token_embd.weight" and embd_type != T.F32:
+            raw = quantize(arr, embd_type.name)
+            stored[name] = gguf.quants.dequantize(raw, embd_type).reshape(arr.shape)
+            tensors.append((name, raw, embd_type, arr.shape))
+        else:
+            stored[name] = arr
+            tensors.append((name, arr, T.F32, arr.shape))
+    write_gguf(path, kv, tensors, arch=arch)
+    return stored
+
+
+# ---- float64 reference forward ----------------------------------------------------------------
+
+def rms(x, w):
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + EPS) * w
+
+
+def rope(x, n_heads, base, neox):
+    t = x.shape[0]
+    xh = x.reshape(t, n_heads, HEAD_DIM).copy()
+    half = HEAD_DIM // 2
+    angle = np.outer(np.arange(t), base ** (-np.arange(half) * 2.0 / HEAD_DIM))[:, None, :]
+    a, b = (np.arange(half), np.arange(half) + half) if neox else (np.arange(0, HEAD_DIM, 2), np.arange(1, HEAD_DIM, 2))
+    xa, xb = xh[..., a].copy(), xh[..., b].copy()
+    xh[..., a] = xa * np.cos(angle) - xb * np.sin(angle)
+    xh[..., b] = xa * np.sin(angle) + xb * np.cos(angle)
+    return xh.reshape(t, -1)
+
+
+def attend(q, k, v, scale, window):
+    t = q.shape[0]
+    q, k, v = (a.reshape(t, -1, HEAD_DIM) for a in (q, k, v))
+    i, j = np.arange(t)[:, None], np.arange(t)[None, :]
+    visible = (j <= i) & ((i - j < window) if window else True)
+    out = np.empty_like(q)
+    for h in range(N_HEAD):
+        kh = h * N_HEAD_KV // N_HEAD
+        s = np.where(visible, q[:, h] @ k[:, kh].T * scale, -np.inf)
+        p = np.exp(s - s.max(1, keepdims=True))
+        out[:, h] = (p / p.sum(1, keepdims=True)) @ v[:, kh]
+    return out.reshape(t, -1)
+
+
+def reference_logits(arch, W, ids):
+    W = {k: v.astype(np.float64) for k, v in W.items()}
+    gelu = lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    silu = lambda x: x / (1 + np.exp(-x))
+    x = W["token_embd.weight"][ids]
+    if arch == "gemma3":
+        x = x * np.float32(math.sqrt(N_EMBD))
+    for il in range(N_LAYER):
+        p = f"blk.{il}."
+        h = rms(x, W[p + "attn_norm.weight"])
+        q, k, v = (h @ W[p + f"attn_{n}.weight"].T for n in "qkv")
+        if arch == "qwen2":
+            q, k, v = q + W[p + "attn_q.bias"], k + W[p + "attn_k.bias"], v + W[p + "attn_v.bias"]
+        window, base = 0, (10000.0 if arch == "llama" else 1e6)
+        if arch == "gemma3":
+            q = rms(q.reshape(len(ids), N_HEAD, HEAD_DIM), W[p + "attn_q_norm.weight"]).reshape(len(ids), -1)
+            k = rms(k.reshape(len(ids), N_HEAD_KV, HEAD_DIM), W[p + "attn_k_norm.weight"]).reshape(len(ids), -1)
+            local = il % 2 == 0
+            window, base = (WINDOW, 10000.0) if local else (0, 1e6)
+        q, k = rope(q, N_HEAD, base, arch != "llama"), rope(k, N_HEAD_KV, base, arch != "llama")
+        a = attend(q, k, v, 1 / math.sqrt(HEAD_DIM), window) @ W[p + "attn_output.weight"].T
+        if arch == "gemma3":
+            a = rms(a, W[p + "post_attention_norm.weight"])
+        x = x + a
+        h = rms(x, W[p + "ffn_norm.weight"])
+        act = gelu if arch == "gemma3" else silu
+        f = (act(h @ W[p + "ffn_gate.weight"].T) * (h @ W[p + "ffn_up.weight"].T)) @ W[p + "ffn_down.weight"].T
+        if arch == "gemma3":
+            f = rms(f, W[p + "post_ffw_norm.weight"])
+        x = x + f
+    out = W.get("output.weight", W["token_embd.weight"])
+    return rms(x, W["output_norm.weight"]) @ out.T
+
+
+IDS = [5, 17, 3, 60, 22, 22, 9, 41, 0, 63, 12]
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2", "gemma3"])
+def model(request, tmp_path_factory):
+    arch = request.param
+    kv, weights = tiny_model(arch)
+    path = tmp_path_factory.mktemp(arch) / f"{arch}.gguf"
+    stored = write_model(path, arch, kv, weights)
+    return arch, path, stored
+
+
+def test_logits_match_float64_reference(model):
+    arch, path, W = model
+    eng = Engine.load(path, n_ctx=32)
+    assert eng.cfg.arch == arch and eng.cfg.n_vocab == N_VOCAB
+    got = eng.logits(IDS)
+    want = reference_logits(arch, W, IDS)
+    assert got.shape == (len(IDS), N_VOCAB) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=2e-4 * np.abs(want).max())
+    assert eng.n_past == len(IDS)
+
+
+def test_decode_and_chunked_prefill_equal_one_prefill(model):
+    arch, path, _ = model
+    eng = Engine.load(path, n_ctx=32, n_batch=4)  # 11 tokens -> chunks of 4, 4, 3
+    every = eng.logits(IDS)
+    eng.reset()
+    last = eng.eval(IDS)
+    np.testing.assert_allclose(last, every[-1], rtol=1e-5, atol=1e-5)
+    eng.reset()
+    for i, tok in enumerate(IDS):
+        step = eng.eval([tok])
+        assert step.shape == (N_VOCAB,)
+        np.testing.assert_allclose(step, every[i], rtol=1e-5, atol=1e-5)
+    assert eng.n_past == len(IDS)
+
+
+def test_truncate_reuses_the_cached_prefix(model):
+    _, path, _ = model
+    eng = Engine.load(path, n_ctx=32)
+    fresh = eng.logits(IDS)[-1].copy()
+    eng.reset()
+    eng.eval([1, 2, 3, 4, 5, 6, 7])  # a different history, shares no tokens
+    eng.truncate(0)
+    eng.eval(IDS[:6])
+    eng.eval([50, 51])               # a continuation we then take back
+    eng.truncate(6)
+    assert eng.n_past == 6
+    np.testing.assert_allclose(eng.eval(IDS[6:]), fresh, rtol=1e-5, atol=1e-5)
+
+
+def test_input_errors(model):
+    _, path, _ = model
+    eng = Engine.load(path, n_ctx=8)
+    with pytest.raises(ContextFullError, match="context of 8"):
+        eng.eval(list(range(9)))
+    eng.eval([1, 2, 3, 4, 5])
+    with pytest.raises(ContextFullError):
+        eng.eval([1, 2, 3, 4])
+    assert eng.n_past == 5
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        eng.eval([N_VOCAB])
+    with pytest.raises(ValueError, match="non-empty"):
+        eng.eval([])
+    with pytest.raises(TypeError):
+        eng.eval([1.5])
+    with pytest.raises(ValueError):
+        eng.truncate(6)
+    eng.reset()
+    assert eng.n_past == 0
+
+
+def test_missing_tensor_and_unknown_architecture(tmp_path):
+    kv, weights = tiny_model("llama")
+    path = tmp_path / "broken.gguf"
+    write_model(path, "llama", kv, weights, drop=("blk.2.ffn_gate.weight", "output_norm.weight"))
+    with pytest.raises(MissingTensorsError, match="blk.2.ffn_gate.weight.*output_norm.weight|output_norm.*blk.2"):
+        Engine.load(path)
+    kv = {k.replace("llama.", "rwkv6."): v for k, v in kv.items()}
+    write_model(path, "rwkv6", kv, weights)
+    with pytest.raises(ValueError, match="unsupported model architecture 'rwkv6'"):
+        Engine.load(path)

@@ -1,0 +1,180 @@
+"""CPU backend kernels against float64 numpy formulas written independently of them."""
+import math
+
+import gguf
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+
+from lanternlm.quant import QTYPES, quantize
+from lanternlm.runtime.backends import cpu_kernels as K
+from lanternlm.runtime.backends.cpu import _get_rows
+from lanternlm.runtime.backends.rope_table import rope_cos_sin
+
+rng = np.random.default_rng(1234)
+
+
+def randn(*shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+# ---- norms and elementwise ------------------------------------------------------------------
+
+@pytest.mark.parametrize("group", [64, 256])
+def test_rms_norm_rows_and_heads(group):
+    x = randn(3, 256, scale=3.0)
+    w = randn(group) + 1.0
+    eps = 1e-6
+    out = np.empty_like(x)
+    K.rms_norm(out, x, w, eps)
+    xg = x.astype(np.float64).reshape(3, -1, group)
+    want = xg / np.sqrt((xg ** 2).mean(-1, keepdims=True) + eps) * w
+    np.testing.assert_allclose(out, want.reshape(3, 256), rtol=2e-6, atol=2e-6)
+    inplace = x.copy()
+    K.rms_norm(inplace, inplace, w, eps)  # the planner may alias out and x
+    np.testing.assert_array_equal(inplace, out)
+
+
+def test_swiglu_geglu_add_scale():
+    g, u = randn(2, 96, scale=4.0), randn(2, 96)
+    g64, u64 = g.astype(np.float64), u.astype(np.float64)
+    out = np.empty_like(g)
+    K.swiglu(out, g, u)
+    np.testing.assert_allclose(out, g64 / (1 + np.exp(-g64)) * u64, rtol=1e-5, atol=1e-6)
+    K.geglu(out, g, u)
+    gelu = 0.5 * g64 * (1 + np.tanh(math.sqrt(2 / math.pi) * (g64 + 0.044715 * g64 ** 3)))
+    np.testing.assert_allclose(out, gelu * u64, rtol=1e-5, atol=1e-6)
+    K.add(out, g, u)
+    np.testing.assert_array_equal(out, g + u)
+    bias = randn(96)
+    K.add_bias(out, g, bias)
+    np.testing.assert_array_equal(out, g + bias[None, :])
+    K.scale(out, g, np.float32(0.5))
+    np.testing.assert_array_equal(out, g * np.float32(0.5))
+    last = np.empty((1, 96), np.float32)
+    K.last_row(last, g)
+    np.testing.assert_array_equal(last[0], g[-1])
+
+
+# ---- rope -----------------------------------------------------------------------------------
+
+def rope_reference(x, pos, head_dim, n_rot, base, neox, freq_scale=1.0):
+    """Rotate pairs as complex numbers by pos * freq_scale * base^(-2i/n_rot), in float64."""
+    t, width = x.shape
+    xh = x.astype(np.float64).reshape(t, width // head_dim, head_dim).copy()
+    half = n_rot // 2
+    angle = np.outer(pos * freq_scale, base ** (-2.0 * np.arange(half) / n_rot))[:, None, :]
+    if neox:
+        first, second = np.arange(half), np.arange(half) + half
+    else:
+        first, second = np.arange(0, n_rot, 2), np.arange(1, n_rot, 2)
+    z = (xh[..., first] + 1j * xh[..., second]) * np.exp(1j * angle)
+    xh[..., first], xh[..., second] = z.real, z.imag
+    return xh.reshape(t, width)
+
+
+@pytest.mark.parametrize("neox", [False, True])
+@pytest.mark.parametrize("n_rot", [64, 32])  # 32: partial rotation, the rest passes through
+def test_rope_matches_complex_rotation(neox, n_rot):
+    head_dim, base = 64, 10000.0
+    pos = np.array([0, 1, 7, 300], dtype=np.int64)
+    x = randn(4, 3 * head_dim)
+    cos, sin = rope_cos_sin(512, n_rot, base)
+    out = np.empty_like(x)
+    K.rope(out, x, pos, cos, sin, head_dim, n_rot, neox)
+    np.testing.assert_allclose(out, rope_reference(x, pos, head_dim, n_rot, base, neox), atol=2e-4)
+    inplace = x.copy()
+    K.rope(inplace, inplace, pos, cos, sin, head_dim, n_rot, neox)
+    np.testing.assert_array_equal(inplace, out)
+
+
+def test_rope_adjacent_pairs_by_hand():
+    """NORM mode rotates (x0, x1) at position 1 by angle 1 for the first pair."""
+    cos, sin = rope_cos_sin(4, 4, 10000.0)
+    x = np.array([[1.0, 0.0, 0.0, 1.0]], np.float32)
+    out = np.empty_like(x)
+    K.rope(out, x, np.array([1]), cos, sin, 4, 4, False)
+    second = 10000.0 ** -0.5  # angle of the second pair at position 1
+    np.testing.assert_allclose(out[0], [math.cos(1), math.sin(1), -math.sin(second), math.cos(second)],
+                               atol=1e-6)
+
+
+def test_rope_table_linear_scale_and_ggml_float32_angles():
+    cos, sin = rope_cos_sin(2048, 64, 1e6, freq_scale=0.25)
+    pos = np.arange(2048)[:, None]
+    angle = pos * 0.25 * 1e6 ** (-2.0 * np.arange(32) / 64)
+    # float32 angles drift from the exact ones by a few ulps of the angle, as in ggml
+    np.testing.assert_allclose(cos, np.cos(angle), atol=2e-3)
+    np.testing.assert_allclose(sin, np.sin(angle), atol=2e-3)
+    np.testing.assert_allclose(cos[:16], np.cos(angle[:16]), atol=2e-6)
+    with pytest.raises(ValueError):
+        rope_cos_sin(8, 7, 1e4)
+
+
+# ---- attention ------------------------------------------------------------------------------
+
+def attention_reference(q, k_all, v_all, pos, n_head, n_head_kv, scale, window):
+    """Masked softmax attention in float64 over every cached position."""
+    t = q.shape[0]
+    dk = k_all.shape[1] // n_head_kv
+    dv = v_all.shape[1] // n_head_kv
+    out = np.zeros((t, n_head * dv))
+    for i in range(t):
+        p = pos[i]
+        keys = np.arange(p + 1)
+        if window:
+            keys = keys[p - keys < window]
+        for h in range(n_head):
+            kh = h // (n_head // n_head_kv)
+            qh = q[i, h * dk:(h + 1) * dk].astype(np.float64)
+            kk = k_all[keys, kh * dk:(kh + 1) * dk].astype(np.float64)
+            s = kk @ qh * scale
+            w = np.exp(s - s.max())
+            out[i, h * dv:(h + 1) * dv] = (w / w.sum()) @ v_all[keys, kh * dv:(kh + 1) * dv]
+    return out
+
+
+@pytest.mark.parametrize("window", [0, 5])
+@pytest.mark.parametrize("driver", ["serial", "parallel"])
+def test_attention_gqa_causal_chunk_after_cache(window, driver):
+    n_head, n_head_kv, dk, dv, n_ctx = 4, 2, 16, 8, 32
+    n_past, t = 9, 6  # a prefill chunk appended to 9 cached tokens
+    k_all = randn(n_past + t, n_head_kv * dk)
+    v_all = randn(n_past + t, n_head_kv * dv)
+    q = randn(t, n_head * dk)
+    kc = np.zeros((n_head_kv, n_ctx, dk), np.float32)
+    vc = np.zeros((n_head_kv, n_ctx, dv), np.float32)
+    K.kv_store(kc, vc, k_all[:n_past], v_all[:n_past], np.arange(n_past))
+    pos = np.arange(n_past, n_past + t)
+    K.kv_store(kc, vc, k_all[n_past:], v_all[n_past:], pos)
+    kc[:, n_past + t:] = 1e6  # stale entries past the sequence must never be read
+    out = np.empty((t, n_head * dv), np.float32)
+    fn = K.attention if driver == "serial" else K.attention_parallel
+    fn(out, q, kc, vc, pos, np.float32(0.25), window)
+    want = attention_reference(q, k_all, v_all, pos, n_head, n_head_kv, 0.25, window)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_single_key_returns_its_value():
+    kc = np.zeros((1, 4, 3), np.float32)
+    vc = np.zeros((1, 4, 2), np.float32)
+    K.kv_store(kc, vc, np.array([[1.0, 2.0, 3.0]], np.float32), np.array([[5.0, -7.0]], np.float32),
+               np.array([0]))
+    out = np.empty((1, 4), np.float32)
+    K.attention(out, randn(1, 6, scale=50.0), kc, vc, np.array([0]), np.float32(1.0), 0)
+    np.testing.assert_array_equal(out, [[5.0, -7.0, 5.0, -7.0]])
+
+
+# ---- embeddings -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("qtype", [T.F32, T.F16, T.Q8_0, T.Q4_1, T.Q5_0, T.Q4_K, T.Q6_K])
+def test_get_rows_dequantizes_like_gguf_py(qtype):
+    n_vocab, n = 10, 256
+    table = quantize(randn(n_vocab, n), qtype.name) if qtype not in (T.F32, T.F16) else \
+        randn(n_vocab, n).astype(np.float16 if qtype == T.F16 else np.float32).view(np.uint8)
+    table = np.ascontiguousarray(table).reshape(n_vocab, -1)
+    ids = np.array([3, 0, 9, 3], dtype=np.int64)
+    out = np.empty((4, n), np.float32)
+    _get_rows(out, table, ids, QTYPES[qtype].dequantize)
+    want = gguf.quants.dequantize(table, qtype).reshape(n_vocab, n)[ids]
+    np.testing.assert_array_equal(out, want)
