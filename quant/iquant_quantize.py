@@ -19,12 +19,12 @@ from gguf import GGMLQuantizationType
 from numba import njit, prange
 
 from .float_bits import nearest_int, put_f16
-from .iquants import KVALUES  # iquants imports this module only after defining its tables
+from .iquants import KVALUES, KVALUES_F32  # iquants imports this module only after defining them
 from .kquant_search import GROUP_MAX_EPS, signed_extremes, to_groups
 from .quantizer_kit import row_quantizer
 
 f32 = np.float32
-_KV = KVALUES.astype(np.float32)
+_KV = KVALUES_F32
 _STEPS = np.diff(_KV)  # exact small integers: partial sums of them are exact in float32
 _NTRY = 7  # the scale sweep covers index offsets -_NTRY.._NTRY
 _jit = dict(cache=True, error_model="numpy")

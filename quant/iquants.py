@@ -29,7 +29,8 @@ from .registry import QuantType, register
 f32 = np.float32
 KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
                    dtype=np.int8)
-_KV = KVALUES.astype(np.float32)  # the table as the kernels use it (exact small integers)
+KVALUES_F32 = KVALUES.astype(np.float32)  # the table as the kernels use it (exact small integers)
+_KV = KVALUES_F32
 
 NL_BLOCK, NL_BYTES = GGML_QUANT_SIZES[GGMLQuantizationType.IQ4_NL]  # 32, 18
 XS_BLOCK, XS_BYTES = GGML_QUANT_SIZES[GGMLQuantizationType.IQ4_XS]  # 256, 136
