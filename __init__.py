@@ -3,4 +3,13 @@ __version__ = "0.1.0"
 
 from .formats.catalog import pull  # noqa: E402
 
-__all__ = ["pull"]
+__all__ = ["Model", "pull"]
+
+
+def __getattr__(name):
+    # `Model` pulls in Numba and the engine; importing it lazily keeps `import lanternlm`
+    # (and the CLI's argument parsing) fast for everything that does not load a model.
+    if name == "Model":
+        from .runtime.model import Model
+        return Model
+    raise AttributeError(f"module 'lanternlm' has no attribute {name!r}")

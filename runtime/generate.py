@@ -36,6 +36,11 @@ class KVContext:
         self.n_vocab = int(engine.cfg.n_vocab)
         self.ids: list[int] = []
         self.evaluated_tokens = 0       # every token ever sent to engine.eval (for accounting)
+        # (n, logits after ids[:n]) of the last prefill. Re-running the same prompt then needs
+        # no eval at all, and gets bit-identical logits: re-evaluating its last token alone
+        # would take the engine's one-token path, whose rounding differs from a batch's, and
+        # a seeded generation would not repeat itself.
+        self._prompt_logits: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -48,22 +53,35 @@ class KVContext:
         """Forget the cache (e.g. after someone else used the engine)."""
         self.engine.reset()
         self.ids.clear()
+        self._prompt_logits = None
 
     def prefill(self, prompt_ids: Sequence[int]) -> tuple[np.ndarray, int]:
         """Bring the cache to exactly `prompt_ids`; return (last-position logits, reused count).
 
         Keeps the longest common prefix with what the cache holds and evaluates only the
-        rest. At least the last prompt token is always evaluated, since its logits are what
-        the caller samples from.
+        rest. The returned logits may be an internal array: read them, do not modify them.
         """
         prompt = self.check_prompt(prompt_ids)
         if self.engine.n_past != len(self.ids):        # engine used behind our back
             self.invalidate()
-        reused = min(common_prefix_length(self.ids, prompt), len(prompt) - 1)
-        if reused < len(self.ids):
-            self.engine.truncate(reused)
-            del self.ids[reused:]
-        return self._eval(prompt[reused:]), reused
+        common = common_prefix_length(self.ids, prompt)
+        saved = self._prompt_logits
+        if saved is not None and saved[0] == len(prompt) == common:
+            self._truncate(common)
+            return saved[1], common
+        # Otherwise the last prompt token must be evaluated: its logits are what we sample.
+        reused = min(common, len(prompt) - 1)
+        self._truncate(reused)
+        logits = self._eval(prompt[reused:])
+        self._prompt_logits = (len(prompt), logits.copy())
+        return logits, reused
+
+    def _truncate(self, n: int) -> None:
+        if n < len(self.ids):
+            self.engine.truncate(n)
+            del self.ids[n:]
+        if self._prompt_logits is not None and self._prompt_logits[0] > n:
+            self._prompt_logits = None
 
     def append(self, token: int) -> np.ndarray:
         """Evaluate one more token at the end of the cache; return its logits."""
@@ -76,8 +94,7 @@ class KVContext:
             logits = self.engine.eval(ids)
         except BaseException:
             # An interrupted eval leaves the cache in an unknown state: start clean next time.
-            self.ids.clear()
-            self.engine.reset()
+            self.invalidate()
             raise
         self.ids.extend(ids)
         self.evaluated_tokens += len(ids)

@@ -155,12 +155,45 @@ def test_diverging_prompt_truncates_to_common_prefix():
     assert engine.tokens == [1, 2, 7, 8] and int(np.argmax(logits)) == 9
 
 
-def test_identical_prompt_re_evaluates_only_the_last_token():
+def test_identical_prompt_reuses_everything_and_its_saved_logits():
+    engine, ctx = counting_setup()
+    first, _ = ctx.prefill([1, 2, 3])
+    first = first.copy()
+    list(generate_step(ctx, [1, 2, 3], make_sampler(**GREEDY), max_tokens=3))   # cache 1 2 3 4 5
+    engine.eval_calls.clear()
+    logits, reused = ctx.prefill([1, 2, 3])
+    assert reused == 3 and engine.eval_calls == [] and engine.tokens == [1, 2, 3]
+    np.testing.assert_array_equal(logits, first)
+
+
+def test_shorter_prompt_re_evaluates_its_last_token_then_forgets_saved_logits():
     engine, ctx = counting_setup()
     ctx.prefill([1, 2, 3])
     engine.eval_calls.clear()
-    logits, reused = ctx.prefill([1, 2, 3])
-    assert reused == 2 and engine.eval_calls == [[3]] and int(np.argmax(logits)) == 4
+    logits, reused = ctx.prefill([1, 2])
+    assert reused == 1 and engine.eval_calls == [[2]] and int(np.argmax(logits)) == 3
+    _, reused = ctx.prefill([1, 2, 3])           # the logits saved for [1 2 3] are gone
+    assert reused == 2 and engine.eval_calls == [[2], [3]]
+
+
+def test_same_prompt_and_seed_repeat_even_if_one_token_evals_round_differently():
+    # Tokens 0 and 1 tie; the one-token path adds a rounding-like nudge to token 1. Only a
+    # generation that never re-evaluates the prompt's last token alone can repeat itself.
+    def next_logits(tokens):
+        out = np.zeros(4, dtype=np.float32)
+        out[0] = out[1] = 1.0
+        return out
+    engine = FakeEngine(4, next_logits)
+    real_eval = engine.eval
+    def eval_with_path_noise(ids, all_logits=False):
+        out = real_eval(ids)
+        if len(ids) == 1:
+            out[1] += 0.01
+        return out
+    engine.eval = eval_with_path_noise
+    ctx = KVContext(engine, 64)
+    runs = [list(generate_step(ctx, [2, 3], make_sampler(**GREEDY), max_tokens=3)) for _ in range(3)]
+    assert runs[0][0] == 0 and runs[0] == runs[1] == runs[2]
 
 
 def test_engine_used_behind_the_contexts_back_is_detected():
