@@ -16,8 +16,8 @@ The decoders reproduce gguf-py's float32 operation order exactly (`(d*sc)*q - (d
 that `dequantize` is bit-identical to `gguf.quants.dequantize`; they are compiled without
 fastmath for that reason (no fused multiply-add).
 
-The registered matvec/matmul kernels live in kquants_dot.py; this module registers all six
-types at its end. Numba's on-disk cache does not notice edits in a module a cached function
+The registered matvec/matmul kernels (int8 activations) live in kquants_int8.py, their float
+reference twins in kquants_dot.py; this module registers all six types at its end. Numba's on-disk cache does not notice edits in a module a cached function
 inlines from, so after changing a decoder here, clear quant/__pycache__ before measuring.
 """
 from __future__ import annotations
@@ -269,17 +269,20 @@ def dequantize_q8_k(out, blocks):
     dequantize_blocks(out, blocks, Q8_K)
 
 
-# ---- registration (the dot kernels import this module's decoders, so they are imported last)
+# ---- registration (the kernel modules import this one's decoders, so they are imported last)
+#      Registered matvec/matmul are the int8-activation kernels (kquants_int8, 4-10x faster);
+#      kquants_dot keeps the float kernels as their reference twins and serves Q8_K weights.
 
 from .registry import QuantType, register  # noqa: E402
-from . import kquants_dot as _dot  # noqa: E402
+from . import kquants_dot as _float_dot, kquants_int8 as _int8  # noqa: E402
 
 for _t, _deq, _mv, _mm in (
-    (T.Q2_K, dequantize_q2_k, _dot.matvec_q2_k, _dot.matmul_q2_k),
-    (T.Q3_K, dequantize_q3_k, _dot.matvec_q3_k, _dot.matmul_q3_k),
-    (T.Q4_K, dequantize_q4_k, _dot.matvec_q4_k, _dot.matmul_q4_k),
-    (T.Q5_K, dequantize_q5_k, _dot.matvec_q5_k, _dot.matmul_q5_k),
-    (T.Q6_K, dequantize_q6_k, _dot.matvec_q6_k, _dot.matmul_q6_k),
-    (T.Q8_K, dequantize_q8_k, _dot.matvec_q8_k, _dot.matmul_q8_k),
+    (T.Q2_K, dequantize_q2_k, _int8.matvec_int8_q2_k, _int8.matmul_int8_q2_k),
+    (T.Q3_K, dequantize_q3_k, _int8.matvec_int8_q3_k, _int8.matmul_int8_q3_k),
+    (T.Q4_K, dequantize_q4_k, _int8.matvec_int8_q4_k, _int8.matmul_int8_q4_k),
+    (T.Q5_K, dequantize_q5_k, _int8.matvec_int8_q5_k, _int8.matmul_int8_q5_k),
+    (T.Q6_K, dequantize_q6_k, _int8.matvec_int8_q6_k, _int8.matmul_int8_q6_k),
 ):
     register(QuantType(_t, dequantize=_deq, matvec=_mv, matmul=_mm, quantize=None))
+register(QuantType(T.Q8_K, dequantize=dequantize_q8_k, matvec=_float_dot.matvec_q8_k,
+                   matmul=_float_dot.matmul_q8_k, quantize=_int8.quantize_q8_k))

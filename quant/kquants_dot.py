@@ -1,15 +1,16 @@
-"""K-quant matvec / matmul on the quantized blocks (no full dequantization of W).
+"""K-quant matvec / matmul on float activations, on the quantized blocks (no full dequantization).
 
-matvec is the hot function of decoding: one token's activations x against every weight row.
+These are the reference twins of the registered int8-activation kernels (kquants_int8.py):
+exact up to float summation order, they check the fast kernels and serve Q8_K weights.
 Each block's dot product is fused with its decode: the 256 quants are unpacked into int lanes,
 multiplied with x and summed per sub-block, and the sub-block's integer scale and min are
 applied once per sub-block rather than per weight. Sub-block mins need only the sum of x
 over the sub-block, which does not depend on the row, so it is computed once per call
 (`sum16`: sums of each 16 consecutive x).
 
-matmul (prefill) decodes each weight block once into a small float buffer and reuses it for
-every activation row; rows are taken a few at a time so each x block loaded is used for
-several weight rows.
+matmul (prefill; registered for Q8_K weights only) decodes each weight block once into a
+small float buffer and reuses it for every activation row; rows are taken a few at a time so
+each x block loaded is used for several weight rows.
 
 These kernels are compiled with fastmath (reassociated sums vectorize); they are checked
 against dequantize(W) @ x with a tolerance relative to |W||x|, not bit for bit.
@@ -169,7 +170,7 @@ def _dot_block(qtype, b, i, x, xo, sum16, so):
 
 
 @njit(inline="always")
-def _check_shapes(out_rows, w, n, nbytes):
+def check_dot_shapes(out_rows, w, n, nbytes):
     if n % QK_K:
         raise ValueError("K-quant dot: activation length is not a multiple of 256")
     if w.shape[1] != (n // QK_K) * nbytes:
@@ -193,7 +194,7 @@ def matvec_rows(out, w, x, qtype):
     """out f32[rows] <- w (u8[rows, row_bytes], literal type `qtype`) @ x f32[n]."""
     nbytes = block_bytes(literally(qtype))
     n = x.size
-    _check_shapes(out.size, w, n, nbytes)
+    check_dot_shapes(out.size, w, n, nbytes)
     n_blocks = n // QK_K
     sum16 = np.empty(n // 16, dtype=np.float32)
     sums_of_16(sum16, x)
@@ -213,7 +214,7 @@ def matmul_rows(out, w, x, qtype):
     """out f32[t, rows] <- x f32[t, n] @ w.T for w u8[rows, row_bytes] of literal type `qtype`."""
     nbytes = block_bytes(literally(qtype))
     t, n = x.shape
-    _check_shapes(out.shape[1], w, n, nbytes)
+    check_dot_shapes(out.shape[1], w, n, nbytes)
     if out.shape[0] != t:
         raise ValueError("K-quant matmul: output rows do not match the activation rows")
     rows = w.shape[0]
@@ -275,36 +276,6 @@ def matvec_q6_k(out, w, x):
 def matvec_q8_k(out, w, x):
     """out f32[rows] <- w u8[rows, n/256*292] (Q8_K) @ x f32[n]."""
     matvec_rows(out, w, x, Q8_K)
-
-
-@njit(cache=True)
-def matmul_q2_k(out, w, x):
-    """out f32[t, rows] <- x f32[t, n] @ w.T, w u8[rows, n/256*84] (Q2_K)."""
-    matmul_rows(out, w, x, Q2_K)
-
-
-@njit(cache=True)
-def matmul_q3_k(out, w, x):
-    """out f32[t, rows] <- x f32[t, n] @ w.T, w u8[rows, n/256*110] (Q3_K)."""
-    matmul_rows(out, w, x, Q3_K)
-
-
-@njit(cache=True)
-def matmul_q4_k(out, w, x):
-    """out f32[t, rows] <- x f32[t, n] @ w.T, w u8[rows, n/256*144] (Q4_K)."""
-    matmul_rows(out, w, x, Q4_K)
-
-
-@njit(cache=True)
-def matmul_q5_k(out, w, x):
-    """out f32[t, rows] <- x f32[t, n] @ w.T, w u8[rows, n/256*176] (Q5_K)."""
-    matmul_rows(out, w, x, Q5_K)
-
-
-@njit(cache=True)
-def matmul_q6_k(out, w, x):
-    """out f32[t, rows] <- x f32[t, n] @ w.T, w u8[rows, n/256*210] (Q6_K)."""
-    matmul_rows(out, w, x, Q6_K)
 
 
 @njit(cache=True)
