@@ -175,6 +175,7 @@ def test_get_rows_dequantizes_like_gguf_py(qtype):
     table = np.ascontiguousarray(table).reshape(n_vocab, -1)
     ids = np.array([3, 0, 9, 3], dtype=np.int64)
     out = np.empty((4, n), np.float32)
-    _get_rows(out, table, ids, QTYPES[qtype].dequantize)
+    gathered = np.empty((4, table.shape[1]), np.uint8)
+    _get_rows(table, ids, gathered, QTYPES[qtype].dequantize, out.reshape(-1), gathered.reshape(-1))
     want = gguf.quants.dequantize(table, qtype).reshape(n_vocab, n)[ids]
     np.testing.assert_array_equal(out, want)

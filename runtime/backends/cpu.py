@@ -31,11 +31,13 @@ class BackendError(ValueError):
     """A weight this backend cannot use (unsupported type, wrong size)."""
 
 
-def _get_rows(out, table, ids, dequantize):
-    """out[i] = dequantize(table[ids[i]]). out: f32 (T, n); table: u8 (n_vocab, row_bytes);
-    ids: int64 (T,). A Python loop: one kernel call per token, whatever the weight type."""
-    for i in range(ids.shape[0]):
-        dequantize(out[i], table[ids[i]])
+def _get_rows(table, ids, gathered, dequantize, out_flat, gathered_flat):
+    """out = dequantize(table[ids]): gather the rows' bytes, then one dequantize call.
+
+    table: u8 (n_vocab, row_bytes); ids: int64 (T,); gathered: u8 (T, row_bytes) scratch;
+    out_flat, gathered_flat: 1-D views of the output f32 (T, n) and of `gathered`."""
+    np.take(table, ids, axis=0, out=gathered)
+    dequantize(out_flat, gathered_flat)
 
 
 def _attention_one_query(out, q, k_cache, v_cache, pos, scale, window):
@@ -104,9 +106,11 @@ class CpuBackend:
 
 
 def _bind_get_rows(be: CpuBackend, node, out, srcs, t):
-    table = node.weights[0]
-    _, qt = be._qtype(table)
-    return [(_get_rows, (out, be.rows(table), srcs[0], qt.dequantize))]
+    name = node.weights[0]
+    _, qt = be._qtype(name)
+    table = be.rows(name)
+    gathered = np.empty((t, table.shape[1]), dtype=np.uint8)  # per program, reused every run
+    return [(_get_rows, (table, srcs[0], gathered, qt.dequantize, out.reshape(-1), gathered.reshape(-1)))]
 
 
 def _bind_mul_mat(be: CpuBackend, node, out, srcs, t):

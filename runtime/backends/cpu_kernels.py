@@ -155,30 +155,33 @@ def _attend(out, q, k_cache, v_cache, t, h, p, scale, window):
     dv = v_cache.shape[2]
     kvh = h // (q.shape[1] // dk // k_cache.shape[0])  # GQA: consecutive query heads share a KV head
     lo = 0 if window <= 0 else max(0, p - window + 1)
-    qo = h * dk
-    oo = h * dv
-    for d in range(dv):
-        out[t, oo + d] = 0.0
+    qh = q[t, h * dk:(h + 1) * dk]
+    acc = out[t, h * dv:(h + 1) * dv]
+    keys = k_cache[kvh]
+    values = v_cache[kvh]
+    acc[:] = 0.0
     m = _NEG_BIG
     l = np.float32(0.0)
     for j in range(lo, p + 1):
+        kj = keys[j]
         s = np.float32(0.0)
         for d in range(dk):
-            s += q[t, qo + d] * k_cache[kvh, j, d]
+            s += qh[d] * kj[d]
         s *= scale
         if s > m:
             c = np.exp(m - s)
             l *= c
             for d in range(dv):
-                out[t, oo + d] *= c
+                acc[d] *= c
             m = s
         e = np.exp(s - m)
         l += e
+        vj = values[j]
         for d in range(dv):
-            out[t, oo + d] += e * v_cache[kvh, j, d]
+            acc[d] += e * vj[d]
     inv = np.float32(1.0) / l
     for d in range(dv):
-        out[t, oo + d] *= inv
+        acc[d] *= inv
 
 
 @njit(cache=True)
