@@ -86,6 +86,8 @@ class Engine:
         (an internal buffer, valid until the next call), or with `all_logits` a new f32 array
         (len(ids), n_vocab) of every token's logits."""
         ids = self._check_ids(ids)
+        if numba.get_num_threads() != self.threads:  # the setting is per calling thread in Numba
+            numba.set_num_threads(self.threads)
         n = ids.shape[0]
         result = np.empty((n, self.cfg.n_vocab), dtype=np.float32) if all_logits else None
         logits = None

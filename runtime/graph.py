@@ -196,8 +196,10 @@ class Graph:
         return self._glu(Op.GEGLU, gate, up, name)
 
     def output_rows(self, x: Tensor) -> Tensor:
-        """The rows whose logits are wanted: all of them, or just the last token's."""
-        if self.all_logits:
+        """The rows whose logits are wanted: all of them, or just the last token's. Models call it
+        as early as possible (after the last layer's attention, as llama.cpp does): every later
+        op then runs on one row."""
+        if self.all_logits or not x.per_token:
             return x
         return self._node(Op.LAST_ROW, f"{x.name}.last", x.width, (x,), per_token=False)
 

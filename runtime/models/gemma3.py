@@ -56,6 +56,8 @@ def build(g, cfg) -> None:
         k = rope(g, cfg, k, il)
         a = attention(g, cfg, q, k, v, il)
         a = g.mul_mat(p + "attn_output.weight", a)                    # (T, n_embd)
+        if il == cfg.n_layer - 1:  # past attention, only the rows whose logits are wanted matter
+            a, x = g.output_rows(a), g.output_rows(x)
         a = g.rms_norm(a, p + "post_attention_norm.weight", cfg.rms_eps)
         x = g.add(x, a, name=p + "sa_out")
         h = g.rms_norm(x, p + "ffn_norm.weight", cfg.rms_eps)

@@ -29,6 +29,8 @@ def build(g, cfg) -> None:
         k = rope(g, cfg, k, il)
         a = attention(g, cfg, q, k, v, il)                          # (T, n_head * head_dim_v)
         a = g.mul_mat(p + "attn_output.weight", a)                  # (T, n_embd)
+        if il == cfg.n_layer - 1:  # past attention, only the rows whose logits are wanted matter
+            a, x = g.output_rows(a), g.output_rows(x)
         x = g.add(x, a, name=p + "ffn_inp")
         h = g.rms_norm(x, p + "ffn_norm.weight", cfg.rms_eps)
         gate = g.mul_mat(p + "ffn_gate.weight", h)                  # (T, n_ff)
