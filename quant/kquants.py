@@ -16,9 +16,10 @@ The decoders reproduce gguf-py's float32 operation order exactly (`(d*sc)*q - (d
 that `dequantize` is bit-identical to `gguf.quants.dequantize`; they are compiled without
 fastmath for that reason (no fused multiply-add).
 
-The registered matvec/matmul kernels (int8 activations) live in kquants_int8.py, their float
-reference twins in kquants_dot.py; this module registers all six types at its end. Numba's on-disk cache does not notice edits in a module a cached function
-inlines from, so after changing a decoder here, clear quant/__pycache__ before measuring.
+Q8_K is also the activation format of the registered K-quant matvec/matmul kernels (int8
+activations, kquants_int8.py); their float reference twins are in kquants_dot.py. This module
+registers all six types at its end. Numba's on-disk cache does not notice edits in a module a
+cached function inlines from, so after changing a helper here, clear quant/__pycache__.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 from numba import literally, njit, prange, types
 from numba.extending import overload
 
-from .float_bits import f16_bits_to_f32, i32_as_f32
+from .float_bits import f16_bits_to_f32, i32_as_f32, nearest_int
 
 QK_K = 256
 Q2_K_BYTES = GGML_QUANT_SIZES[T.Q2_K][1]
@@ -269,6 +270,61 @@ def dequantize_q8_k(out, blocks):
     dequantize_blocks(out, blocks, Q8_K)
 
 
+# ---- Q8_K: the activation format of the int8 dot kernels (kquants_int8.py)
+
+@njit(cache=True)
+def quantize_q8_k_parts(d, qs, bsums, x):
+    """x f32[n] (n % 256 == 0) -> d f32[n/256], qs i8[n], bsums i16[n/16], as llama.cpp.
+
+    Per block: the value of largest magnitude maps to -127 (scale -127/max), the rest round
+    half to even and clip at 127; an all-zero block gets d = 0 and zero quants and sums.
+    """
+    n_blocks = x.size // QK_K
+    if x.size % QK_K or d.size != n_blocks or qs.size != x.size or bsums.size != 16 * n_blocks:
+        raise ValueError("quantize_q8_k_parts: x length must be a multiple of 256 matching d, qs, bsums")
+    for blk in range(n_blocks):
+        o = blk * QK_K
+        amax = np.float32(0.0)
+        vmax = np.float32(0.0)
+        for j in range(QK_K):
+            a = abs(x[o + j])
+            if a > amax:
+                amax = a
+                vmax = x[o + j]
+        if amax == 0:
+            d[blk] = 0.0
+            qs[o:o + QK_K] = 0
+            bsums[16 * blk:16 * blk + 16] = 0
+            continue
+        iscale = np.float32(-127.0) / vmax
+        for j in range(QK_K):
+            qs[o + j] = min(127, nearest_int(iscale * x[o + j]))
+        for s in range(16):
+            total = 0
+            for j in range(16):
+                total += qs[o + 16 * s + j]
+            bsums[16 * blk + s] = total
+        d[blk] = np.float32(1.0) / iscale
+
+
+Q8_K_BLOCK = np.dtype([("d", "<f4"), ("qs", "i1", QK_K), ("bsums", "<i2", 16)])
+assert Q8_K_BLOCK.itemsize == Q8_K_BYTES
+
+
+def quantize_q8_k(x: np.ndarray) -> np.ndarray:
+    """f32 (rows, n) -> u8 (rows, n/256*292) Q8_K blocks (the registry's quantize)."""
+    rows, n = x.shape
+    d = np.empty(rows * n // QK_K, np.float32)
+    qs = np.empty(rows * n, np.int8)
+    bsums = np.empty(rows * n // 16, np.int16)
+    quantize_q8_k_parts(d, qs, bsums, np.ascontiguousarray(x, np.float32).reshape(-1))
+    blocks = np.empty(d.size, Q8_K_BLOCK)
+    blocks["d"] = d
+    blocks["qs"] = qs.reshape(-1, QK_K)
+    blocks["bsums"] = bsums.reshape(-1, 16)
+    return blocks.view(np.uint8).reshape(rows, -1)
+
+
 # ---- registration (the kernel modules import this one's decoders, so they are imported last)
 #      Registered matvec/matmul are the int8-activation kernels (kquants_int8, 4-10x faster);
 #      kquants_dot keeps the float kernels as their reference twins and serves Q8_K weights.
@@ -285,4 +341,4 @@ for _t, _deq, _mv, _mm in (
 ):
     register(QuantType(_t, dequantize=_deq, matvec=_mv, matmul=_mm, quantize=None))
 register(QuantType(T.Q8_K, dequantize=dequantize_q8_k, matvec=_float_dot.matvec_q8_k,
-                   matmul=_float_dot.matmul_q8_k, quantize=_int8.quantize_q8_k))
+                   matmul=_float_dot.matmul_q8_k, quantize=quantize_q8_k))
