@@ -84,12 +84,17 @@ class CpuBackend:
         return w
 
     def vector(self, name: str) -> np.ndarray:
-        """A small 1-D weight (norm, bias) as float32 (n,), converted once."""
+        """A small 1-D weight (norm, bias) as float32 (n,): F32 data viewed in place, other
+        types dequantized once."""
         v = self._vectors.get(name)
         if v is None:
             ref, qt = self._qtype(name)
-            v = np.empty(int(np.prod(ref.shape)), dtype=np.float32)
-            qt.dequantize(v, np.ascontiguousarray(ref.data).reshape(-1))
+            raw = np.ascontiguousarray(ref.data).reshape(-1)
+            if qt.qtype == GGMLQuantizationType.F32:
+                v = raw.view(np.float32)
+            else:
+                v = np.empty(int(np.prod(ref.shape)), dtype=np.float32)
+                qt.dequantize(v, raw)
             self._vectors[name] = v
         return v
 
