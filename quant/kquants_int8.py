@@ -36,9 +36,11 @@ from .kquants_dot import check_dot_shapes
 # ---- vector IR building blocks ------------------------------------------------------------
 
 _I8, _I16, _I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
-# The AVX2 instructions are named only when Numba compiles for this host (NUMBA_CPU_NAME
-# unset); a cache is tied to the CPU it was built on, so the choice is fixed per cache.
-X86_AVX2 = config.CPU_NAME is None and bool(llvm_binding.get_host_cpu_features().get("avx2", False))
+# The AVX2 instructions are named only when Numba compiles for this host (NUMBA_CPU_NAME and
+# NUMBA_CPU_FEATURES unset); a cache is tied to the CPU it was built on, so the choice is fixed
+# per cache.
+X86_AVX2 = (config.CPU_NAME is None and config.CPU_FEATURES is None
+            and bool(llvm_binding.get_host_cpu_features().get("avx2", False)))
 
 
 def _vec(t, n):
