@@ -2,7 +2,7 @@
 
     python benchmarks/bench_decode.py [model-or-path] [--threads 2] [--tokens 64] [--prompt 32] [--ops]
 
-Prints, for one-token decode steps after a prompt:
+Prints the prompt's prefill speed, then, for one-token decode steps after the prompt:
 - tok/s and ms per token of `Engine.eval([token])`;
 - the executor's overhead: the same call list run through a Numba no-op that accepts the same
   arguments (the Python loop plus Numba's argument checking, what the kernels' work is not),
@@ -71,6 +71,12 @@ def main() -> None:
         for _ in range(args.tokens):
             prog.run()                             # the same position each time: one cache slot
         t_run = min(t_run, (time.perf_counter() - t0) / args.tokens)
+    t_prefill = float("inf")
+    for _ in range(args.rounds):
+        eng.reset()
+        t0 = time.perf_counter()
+        eng.eval(prompt)
+        t_prefill = min(t_prefill, time.perf_counter() - t0)
     repeat = 20
     noop_calls = [(args_,) for _, args_ in prog.calls]
     for (a,) in noop_calls:
@@ -82,6 +88,7 @@ def main() -> None:
 
     t_dispatch = per_call(dispatch_only, repeat)
     overhead = t_dispatch + max(t_token - t_run, 0.0)
+    print(f"prefill: {args.prompt / t_prefill:.1f} tok/s ({args.prompt} tokens, last logits only)")
     print(f"decode: {1 / t_token:.1f} tok/s, {t_token * 1e3:.2f} ms/token, {len(prog.calls)} kernel calls/token")
     print(f"outside kernels: {overhead * 1e3:.3f} ms/token = {100 * overhead / t_token:.1f}% "
           f"(dispatch {t_dispatch * 1e6 / len(prog.calls):.2f} us/call, eval bookkeeping and argmax "

@@ -225,3 +225,20 @@ def test_missing_tensor_and_unknown_architecture(tmp_path):
     write_model(path, "rwkv6", kv, weights)
     with pytest.raises(ValueError, match="unsupported model architecture 'rwkv6'"):
         Engine.load(path)
+
+
+def test_decode_reuses_its_buffers(model):
+    """The decode program is bound once; each step's logits live in the shared arena (the
+    documented internal buffer, overwritten by the next call)."""
+    _, path, _ = model
+    eng = Engine.load(path, n_ctx=32)
+    eng.eval(IDS[:5])
+    first = eng.eval([7])
+    bound = dict(eng.executor._programs)
+    values = first.copy()
+    second = eng.eval([8])
+    assert np.shares_memory(first, eng.executor.arena) and np.shares_memory(second, first)
+    assert not np.array_equal(first, values)  # overwritten in place by the next step
+    for tok in IDS:
+        eng.eval([tok])
+    assert eng.executor._programs == bound
