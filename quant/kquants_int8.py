@@ -142,6 +142,11 @@ def _data(context, builder, arrty, arr):
     return context.make_array(arrty)(context, builder, arr)
 
 
+def _contiguous(*arrays):
+    """The intrinsics address memory directly: only C-contiguous arrays are accepted."""
+    return all(isinstance(a, types.Array) and a.layout == "C" for a in arrays)
+
+
 def _block_kernels(decode):
     """Two intrinsics from one block decoder `decode(unpack) -> (groups, coefs)`:
 
@@ -150,6 +155,9 @@ def _block_kernels(decode):
         every activation row against the block, decoded once (the matmul form).
     """
     def sums(typingctx, w, i, xq, xo, bsums, so):
+        if not _contiguous(w, xq, bsums):
+            return None
+
         def codegen(context, builder, sig, args):
             w_, i_, xq_, xo_, bsums_, so_ = args
             unpack = _Unpack(builder, _data(context, builder, sig.args[0], w_).data, i_)
@@ -160,6 +168,9 @@ def _block_kernels(decode):
         return types.UniTuple(types.int32, 2)(w, i, xq, xo, bsums, so), codegen
 
     def sums_rows(typingctx, w, i, xq, xo, bsums, so, isums, corrs):
+        if not _contiguous(w, xq, bsums, isums, corrs):
+            return None
+
         def codegen(context, builder, sig, args):
             w_, i_, xq_, xo_, bsums_, so_, isums_, corrs_ = args
             groups, coefs = decode(_Unpack(builder, _data(context, builder, sig.args[0], w_).data, i_))
