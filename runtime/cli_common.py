@@ -2,7 +2,7 @@
 
 One place defines the sampling flags (named as in llama.cpp, defaults taken from the
 library's `SamplingParams`, so the CLI and `Model.generate` mean the same thing by default)
-and the runtime flags (--ctx, --threads, --backend). Heavy modules (Numba, the engine) are
+and the runtime flags (--ctx, --threads, --backend, --device). Heavy modules (Numba, the engine) are
 imported only when a model is actually loaded, so building the parser stays cheap.
 """
 from __future__ import annotations
@@ -44,13 +44,15 @@ def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
 
 
 def add_runtime_args(p: argparse.ArgumentParser, ctx: int | None, ctx_help: str | None = None) -> None:
-    """--ctx, --threads, --backend."""
+    """--ctx, --threads, --backend, --device."""
     g = p.add_argument_group("runtime")
     g.add_argument("-c", "--ctx", type=int, default=ctx, metavar="N",
                    help=ctx_help or f"context window in tokens (default {ctx})")
     g.add_argument("-t", "--threads", type=int, default=None, metavar="N",
                    help="CPU threads (default: all cores Numba sees)")
-    g.add_argument("--backend", default="cpu", metavar="NAME", help="engine backend (default cpu)")
+    g.add_argument("--backend", default="cpu", metavar="NAME", help="engine backend: cpu or torch (default cpu)")
+    g.add_argument("--device", default=None, metavar="NAME",
+                   help="device for --backend torch: auto, cuda, cuda:N, mps or cpu (default auto)")
 
 
 def sampling_options(args: argparse.Namespace) -> dict:
@@ -114,7 +116,7 @@ def load_model(model: str, n_ctx: int, args: argparse.Namespace):
         raise ValueError(f"--ctx must be a positive number of tokens, got {n_ctx}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    return Model.load(model, n_ctx=n_ctx, threads=args.threads, backend=args.backend)
+    return Model.load(model, n_ctx=n_ctx, threads=args.threads, backend=args.backend, device=args.device)
 
 
 def speed(tokens: int, seconds: float) -> str:

@@ -32,7 +32,7 @@ class ContextFullError(ValueError):
 
 class Engine:
     def __init__(self, gguf_file, n_ctx: int = 2048, threads: int | None = None, n_batch: int = 512,
-                 backend: str = "cpu"):
+                 backend: str = "cpu", device: str | None = None, weights: str | None = None):
         if n_ctx < 1 or n_batch < 1:
             raise ValueError(f"n_ctx and n_batch must be positive, got n_ctx={n_ctx}, n_batch={n_batch}")
         if threads is not None:
@@ -45,7 +45,7 @@ class Engine:
         self.n_batch = min(n_batch, n_ctx)
         self.threads = numba.get_num_threads()
 
-        backend_cls = get_backend(backend)
+        backend_cls = get_backend(backend, device=device, weights=weights)  # see runtime.backends
         self.kv = KVCache.for_config(self.cfg, n_ctx, zeros=backend_cls.zeros)
         self.backend = backend_cls(gguf_file.tensors, self.kv)
         arch = get_architecture(self.cfg.arch)
@@ -83,8 +83,8 @@ class Engine:
     # ---- evaluation ------------------------------------------------------------------------
     def eval(self, ids: Sequence[int] | np.ndarray, all_logits: bool = False) -> np.ndarray:
         """Append `ids` at positions n_past.. and return the last token's logits, f32 (n_vocab,)
-        (an internal buffer, valid until the next call), or with `all_logits` a new f32 array
-        (len(ids), n_vocab) of every token's logits."""
+        (an internal buffer, valid until the next call; a device tensor on the torch backend),
+        or with `all_logits` a new f32 numpy array (len(ids), n_vocab) of every token's logits."""
         ids = self._check_ids(ids)
         if numba.get_num_threads() != self.threads:  # the setting is per calling thread in Numba
             numba.set_num_threads(self.threads)

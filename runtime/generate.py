@@ -73,7 +73,8 @@ class KVContext:
         reused = min(common, len(prompt) - 1)
         self._truncate(reused)
         logits = self._eval(prompt[reused:])
-        self._prompt_logits = (len(prompt), logits.copy())
+        # (a torch backend's logits are a tensor, maybe on a GPU: cloned where they are)
+        self._prompt_logits = (len(prompt), logits.copy() if isinstance(logits, np.ndarray) else logits.clone())
         return logits, reused
 
     def _truncate(self, n: int) -> None:

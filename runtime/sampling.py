@@ -18,6 +18,7 @@ sorts only those instead of all 262k logits of a large vocabulary.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -275,6 +276,11 @@ class Sampler:
         return logits
 
     def __call__(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
+        torch = sys.modules.get("torch")  # a torch tensor can only come if torch is loaded
+        if torch is not None and isinstance(logits, torch.Tensor):
+            # the torch backend's logits, maybe on a GPU: greedy runs there, the rest on a host copy
+            from .backends.torch_backend import sample_tensor
+            return sample_tensor(self, logits, history)
         logits = self.adjusted_logits(logits, history)
         if self.params.greedy:
             return int(np.argmax(logits))
