@@ -22,6 +22,7 @@ from typing import Iterator
 import numpy as np
 from gguf import GGML_QUANT_VERSION, GGMLQuantizationType as T, GGUFValueType, Keys
 
+from ..formats.catalog import resolve
 from ..formats.gguf import GGUFError, GGUFFile, read_gguf
 from ..formats.writer import write_gguf
 from . import QTYPES, dequantize, quantize
@@ -60,10 +61,8 @@ class QuantizeSummary:
 
 
 def open_model(path) -> GGUFFile:
-    """read_gguf with errors that name the file."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such file: {path}")
+    """read_gguf of a path or catalog name, with errors that name the file."""
+    path = os.fspath(resolve(path))
     if not os.path.isfile(path):
         raise ValueError(f"{path}: not a file")
     with open(path, "rb") as f:

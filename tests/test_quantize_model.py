@@ -213,7 +213,7 @@ def test_cli_dry_run_prints_the_plan_and_writes_nothing(quantize_command_only, t
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["missing.gguf", "out.gguf", "Q4_K_M"], "no such file: missing.gguf"),
+    (["missing.gguf", "out.gguf", "Q4_K_M"], "no such file, and not a catalog model: missing.gguf"),
     (["notgguf.txt", "out.gguf", "Q4_K_M"], "notgguf.txt: not a GGUF file"),
     (["notgguf.txt", "out.gguf", "Q9_K"], "unknown quantization type 'Q9_K'"),
     (["notgguf.txt", "out.gguf"], "missing TYPE"),
