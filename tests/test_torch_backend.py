@@ -5,6 +5,7 @@ the float64 numpy forward of tests/test_runtime_engine.py and the Numba cpu back
 tiny llama/qwen2/gemma3 models; the cpu backend's argmax and llama.cpp's recorded perplexity
 (../shared/reference) for SmolLM2; the numpy sampler for sampling on tensors.
 """
+import gc
 import json
 import math
 import os
@@ -146,6 +147,19 @@ def test_tiny_device_memory_path_uploads_inputs_and_copies_logits_back(tiny, mon
         np.testing.assert_allclose(eng.eval([tok]).numpy(), every[i], rtol=1e-5, atol=1e-5)
     uploads = [fn for fn, _ in eng.decode_program.calls if getattr(fn, "__name__", "") == "copy_"]
     assert len(uploads) == 2                                  # token ids and positions, once each
+
+
+def test_inputs_of_programs_bound_per_call_are_released(tiny):
+    """All-logits programs are bound at every call; their inputs' entries must go with them."""
+    _, d, _ = tiny
+    eng = Engine.load(d / "f32.gguf", n_ctx=32, n_batch=4, backend="torch", device="cpu")
+    eng.logits(IDS)
+    gc.collect()
+    held = len(eng.backend._inputs)
+    for _ in range(3):
+        eng.logits(IDS)
+    gc.collect()
+    assert len(eng.backend._inputs) == held == 2              # the decode program's ids and positions
 
 
 def test_tiny_quantized_weights_match_dense_and_cpu_backend(tiny, monkeypatch):

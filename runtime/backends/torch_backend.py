@@ -144,12 +144,12 @@ class DenseMatrix:
         else:
             out.copy_(_mm_f32(x.to(self.w.dtype), self.wt))
 
-    def gather(self, out: torch.Tensor, ids: torch.Tensor) -> None:
-        """out f32 (t, n) = w[ids]; ids int64 (t,) on the device."""
+    def gather(self, out: torch.Tensor, ids: Input) -> None:
+        """out f32 (t, n) = w[ids] for the t token ids of an Input."""
         if self.w.dtype == torch.float32:
-            torch.index_select(self.w, 0, ids, out=out)
+            torch.index_select(self.w, 0, ids.dev, out=out)
         else:
-            out.copy_(self.w.index_select(0, ids))
+            out.copy_(self.w.index_select(0, ids.dev))
 
 
 class QuantizedMatrix:
@@ -167,8 +167,8 @@ class QuantizedMatrix:
             y = torch.mm(xc, w.t()) if self.dtype == torch.float32 else _mm_f32(xc, w.t())
             out[:, r0:r0 + y.shape[1]].copy_(y)
 
-    def gather(self, out: torch.Tensor, ids: torch.Tensor) -> None:
-        out.copy_(dequantize_rows(self.raw.index_select(0, ids), self.qtype, self.n))
+    def gather(self, out: torch.Tensor, ids: Input) -> None:
+        out.copy_(dequantize_rows(self.raw.index_select(0, ids.dev), self.qtype, self.n))
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,9 @@ class TorchBackend:
         self._matrices: dict[str, DenseMatrix | QuantizedMatrix] = {}
         self._vectors: dict[str, torch.Tensor] = {}
         self._rope: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._inputs: dict[int, Input] = {}  # id(host view) -> its Input, while the view lives
+        # id(host view) -> its Input, while a program's calls hold the Input (which holds the
+        # view, so the id stays unique); then the entry goes with the program
+        self._inputs: weakref.WeakValueDictionary[int, Input] = weakref.WeakValueDictionary()
 
     # ---- memory ----------------------------------------------------------------------------
     @classmethod
@@ -283,7 +285,8 @@ class TorchBackend:
     # ---- binding ---------------------------------------------------------------------------
     def _input(self, host: np.ndarray, calls: list[Call]) -> Input:
         """The Input for a host input view. The first node of a program reading it adds the
-        upload to `calls` (one per run); later readers in the program share the device copy."""
+        upload to `calls` (one per run); later readers in the program share the device copy.
+        Every binder passes the Input itself (not just its tensor) into its calls."""
         found = self._inputs.get(id(host))
         if found is None:
             if host.dtype != np.int64:
@@ -295,8 +298,6 @@ class TorchBackend:
                 dev = torch.empty(host.shape, dtype=torch.int64, device=self.device)
                 calls.append((dev.copy_, (host_t,)))
             found = self._inputs[id(host)] = Input(host, dev)
-            # the program holds the view; forget it with the program (ids are reused after)
-            weakref.finalize(host, self._inputs.pop, id(host), None)
         return found
 
     def bind(self, node: Node, out, srcs: tuple, t: int) -> list[Call]:
@@ -428,7 +429,7 @@ def _bind_attention(be: TorchBackend, node, out, srcs, t):
 
 
 _BINDERS: dict[Op, Callable] = {
-    Op.GET_ROWS: lambda be, node, out, srcs, t: [(be.matrix(node.weights[0]).gather, (out, srcs[0].dev))],
+    Op.GET_ROWS: lambda be, node, out, srcs, t: [(be.matrix(node.weights[0]).gather, (out, srcs[0]))],
     Op.MUL_MAT: lambda be, node, out, srcs, t: [(be.matrix(node.weights[0]).matmul, (out, srcs[0]))],
     Op.ADD: lambda be, node, out, srcs, t: [(_add, (out, *srcs))],
     Op.ADD_BIAS: lambda be, node, out, srcs, t: [(_add, (out, srcs[0], be.vector(node.weights[0])))],

@@ -15,6 +15,7 @@ is the entry point for a (rows, row_bytes) weight.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -151,6 +152,7 @@ def _q6_k(b):
 
 # ---- IQ4: 4-bit indices into a non-uniform table ------------------------------------------
 
+@functools.lru_cache(maxsize=None)
 def _table(device: torch.device) -> torch.Tensor:
     return torch.as_tensor(KVALUES, dtype=torch.float32, device=device)
 
