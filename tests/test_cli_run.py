@@ -1,6 +1,5 @@
 """`lantern run`: greedy output equals llama.cpp's, seeds reproduce, --chat applies the
 template, and bad input gives one error line and exit code 1 (never a traceback)."""
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,6 @@ from lanternlm.formats.gguf import read_gguf
 from lanternlm.formats.tokenizer import load_tokenizer
 from lanternlm.runtime.model import Model
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "smollm2-135m-q4_1.llama_cpp.json"
 ONE_THREAD = ["-t", "1"]        # the test machines are shared: one thread is the fastest there
 
 
@@ -25,10 +23,8 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def reference():
-    if not REFERENCE.exists():
-        pytest.skip(f"llama.cpp reference outputs not found at {REFERENCE}")
-    return json.loads(REFERENCE.read_text())
+def reference(llama_cpp_reference):
+    return llama_cpp_reference
 
 
 def test_greedy_from_prompt_file_matches_llama_cpp(smollm2_path, reference, tmp_path, capsys):

@@ -5,9 +5,7 @@ form: an untied lm_head, sharded weights with an index, a padded vocabulary, bfl
 a SentencePiece tokenizer, and each recognised BPE pre-tokenizer.
 """
 import json
-import os
 import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -15,7 +13,6 @@ import torch
 from gguf import GGUFValueType as V
 from gguf import TokenType
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tiny_hf_checkpoints import (CHAT_TEMPLATE, CORPUS, GEMMA_CHAT_TEMPLATE,  # noqa: E402
                                  build_checkpoint, hf_logits)
 

@@ -1,13 +1,10 @@
 """Bad checkpoints give one clear error naming the problem, and leave no output file behind."""
 import json
-import os
 import shutil
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tiny_hf_checkpoints import build_checkpoint  # noqa: E402
 
 from lanternlm.cli import main as lantern  # noqa: E402

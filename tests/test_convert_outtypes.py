@@ -5,15 +5,12 @@ exactly `gguf.quants.quantize(reference, type)` of them, with llama.cpp's conver
 choice: 1-D tensors (norms, biases) stay F32, matrices take the requested type, and a Q8_0
 matrix whose rows are not a multiple of 32 falls back to F16.
 """
-import os
-import sys
 
 import gguf
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tiny_hf_checkpoints import build_checkpoint  # noqa: E402
 
 from lanternlm.formats.convert import convert_hf_to_gguf  # noqa: E402

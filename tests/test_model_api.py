@@ -1,7 +1,5 @@
 """The public library API (`lanternlm.Model`) on the real SmolLM2-135M Q4_1, checked against
 llama.cpp's reference outputs and against itself (cached vs fresh context, stream vs whole)."""
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,15 +7,14 @@ import pytest
 from lanternlm import Model
 from lanternlm.runtime.chat_session import ChatSession
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "smollm2-135m-q4_1.llama_cpp.json"
 GREEDY = dict(temperature=0.0)
 FRANCE = "The capital of France is"
 NEAR_TIE = 0.35     # logit margin within the engine-vs-llama.cpp rounding noise
 
 
 @pytest.fixture(scope="module")
-def reference():
-    return json.loads(REFERENCE.read_text())
+def reference(llama_cpp_reference):
+    return llama_cpp_reference
 
 
 @pytest.fixture(scope="module")

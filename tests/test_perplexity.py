@@ -4,7 +4,6 @@ itself), chunking, and one-line errors."""
 import contextlib
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,17 +13,17 @@ from lanternlm import cli
 from lanternlm.runtime.kl_divergence import kl_rows, log_softmax, open_logits_file
 from lanternlm.runtime.perplexity import make_chunks
 
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference"
-ESSAY = REFERENCE_DIR / "mlsys_essay.txt"
 ONE_THREAD = ["-t", "1"]
 
 
 @pytest.fixture(scope="module")
-def reference():
-    path = REFERENCE_DIR / "smollm2-135m-q4_1.llama_cpp.json"
-    if not path.exists():
-        pytest.skip(f"llama.cpp reference outputs not found at {path}")
-    return json.loads(path.read_text())["perplexity"]
+def reference(llama_cpp_reference):
+    return llama_cpp_reference["perplexity"]
+
+
+@pytest.fixture(scope="module")
+def essay(reference_dir):
+    return reference_dir / "mlsys_essay.txt"
 
 
 def perplexity_json(capsys, *argv) -> dict:
@@ -35,12 +34,12 @@ def perplexity_json(capsys, *argv) -> dict:
 
 
 @pytest.fixture(scope="module")
-def base_run(smollm2_path, reference, tmp_path_factory):
+def base_run(smollm2_path, reference, essay, tmp_path_factory):
     """One evaluation of the first 256 tokens, with its log-probabilities saved."""
     saved = tmp_path_factory.mktemp("ppl") / "base.npy"
     out = io.StringIO()             # a module-scoped fixture cannot use capsys
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        rc = cli.main(["perplexity", str(smollm2_path), str(ESSAY), "--ctx", "256", "--chunks", "1",
+        rc = cli.main(["perplexity", str(smollm2_path), str(essay), "--ctx", "256", "--chunks", "1",
                        "--json", "--save-logits", str(saved), *ONE_THREAD])
     assert rc == 0
     return json.loads(out.getvalue()), saved
@@ -65,9 +64,9 @@ def test_perplexity_matches_llama_cpp(base_run, reference):
     assert np.exp(nll.mean()) == pytest.approx(report["ppl"], rel=1e-3)
 
 
-def test_kl_divergence_of_a_model_to_itself_is_zero(smollm2_path, base_run, capsys):
+def test_kl_divergence_of_a_model_to_itself_is_zero(smollm2_path, base_run, essay, capsys):
     base_report, saved = base_run
-    report = perplexity_json(capsys, smollm2_path, ESSAY, "--kl-divergence", saved)
+    report = perplexity_json(capsys, smollm2_path, essay, "--kl-divergence", saved)
     assert report["ctx"] == 256 and report["chunks"] == 1 and report["tokens"] == 255
     assert report["ppl"] == pytest.approx(base_report["ppl"], rel=1e-6)
     assert report["kl_mean"] < 1e-4 and report["kl_max"] < 1e-3      # float16 storage only
@@ -124,11 +123,11 @@ def test_make_chunks_cuts_whole_chunks_and_substitutes_bos():
     (["{model}", "{short}", "--kl-divergence", "{base}"], "fewer than one chunk of 256"),
     (["{model}", "{other}", "--kl-divergence", "{base}"], "does not tokenize to the tokens of the logits file"),
 ])
-def test_bad_input_is_one_error_line(smollm2_path, base_run, tmp_path, capsys, argv, message):
+def test_bad_input_is_one_error_line(smollm2_path, base_run, essay, tmp_path, capsys, argv, message):
     (tmp_path / "short.txt").write_text("Too short to score.")
     (tmp_path / "other.txt").write_text("A different text. " * 200)
     (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00 not utf-8")
-    paths = {"model": smollm2_path, "missing": tmp_path / "missing.txt", "essay": ESSAY,
+    paths = {"model": smollm2_path, "missing": tmp_path / "missing.txt", "essay": essay,
              "short": tmp_path / "short.txt", "other": tmp_path / "other.txt",
              "binary": tmp_path / "binary.txt", "base": base_run[1]}
     rc = cli.main(["perplexity", *[a.format(**paths) for a in argv], *ONE_THREAD])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -22,7 +21,6 @@ from lanternlm.formats.gguf import read_gguf
 from lanternlm.quant.mix import FTYPES, ModelFacts, get_ftype, plan_mix, plan_tensors
 from lanternlm.quant.quantize_model import quantize_model
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tiny_llama_gguf import TINY_MODELS, write_tiny_model  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")

@@ -17,7 +17,6 @@ from lanternlm.formats.gguf import read_gguf
 from lanternlm.formats.tokenizer import load_tokenizer
 
 DATA = Path(__file__).parent / "data"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
 MODEL_FIXTURES = {"smollm2": "smollm2_path", "gemma3": "gemma3_path", "qwen2": "qwen2_path"}
 VARIANTS = ("bpe_gpt2", "bpe_llama3", "bpe_default", "bpe_starcoder", "spm_space_prefix",
             "bpe_space_prefix")
@@ -61,8 +60,8 @@ def tokenizer(metadata):
     return get
 
 
-def test_shared_smollm2_reference(tokenizer):
-    ref = json.loads((SHARED / "smollm2-135m-q4_1.llama_cpp.json").read_text(encoding="utf-8"))
+def test_shared_smollm2_reference(tokenizer, llama_cpp_reference, reference_dir):
+    ref = llama_cpp_reference
     tok = tokenizer("smollm2")
     assert len(ref["tokenize"]) == 24
     for case in ref["tokenize"]:
@@ -72,7 +71,7 @@ def test_shared_smollm2_reference(tokenizer):
             == case["ids_no_bos_plain"], case["text"]
     for case in ref["greedy"]:
         assert tok.encode(case["prompt"]) == case["prompt_ids"]
-    essay = (SHARED / "mlsys_essay.txt").read_text(encoding="utf-8")
+    essay = (reference_dir / "mlsys_essay.txt").read_text(encoding="utf-8")
     ids = ref["perplexity"]["ids"]
     assert tok.encode(essay, add_special=True, parse_special=False)[:len(ids)] == ids
 
