@@ -4,9 +4,9 @@
 
 Prints the prompt's prefill speed, then, for one-token decode steps after the prompt:
 - tok/s and ms per token of `Engine.eval([token])`;
-- the executor's overhead: the same call list run through a Numba no-op that accepts the same
-  arguments (the Python loop plus Numba's argument checking, what the kernels' work is not),
-  plus `eval`'s own bookkeeping around `Program.run()`; and its fraction of the token time;
+- the time outside kernels: the same call list run through a Numba no-op that accepts the same
+  arguments (the Python loop plus Numba's argument checking), plus `eval` itself with an empty
+  call list (input checks, cache bookkeeping); and its fraction of the token time;
 - with --ops, time per kernel (each call timed alone, so it includes its own dispatch).
 Figures only; nothing here asserts on time.
 """
@@ -87,12 +87,20 @@ def main() -> None:
             _noop(*a)
 
     t_dispatch = per_call(dispatch_only, repeat)
-    overhead = t_dispatch + max(t_token - t_run, 0.0)
+    def eval_bookkeeping_only():
+        eng.truncate(args.prompt)
+        eng.eval([tok])
+
+    calls, prog.calls = prog.calls, []             # eval() with nothing to run: its own bookkeeping
+    t_eval_only = per_call(eval_bookkeeping_only, repeat)
+    prog.calls = calls
+    overhead = t_dispatch + t_eval_only
     print(f"prefill: {args.prompt / t_prefill:.1f} tok/s ({args.prompt} tokens, last logits only)")
     print(f"decode: {1 / t_token:.1f} tok/s, {t_token * 1e3:.2f} ms/token, {len(prog.calls)} kernel calls/token")
+    print(f"Program.run: {t_run * 1e3:.2f} ms/token")
     print(f"outside kernels: {overhead * 1e3:.3f} ms/token = {100 * overhead / t_token:.1f}% "
-          f"(dispatch {t_dispatch * 1e6 / len(prog.calls):.2f} us/call, eval bookkeeping and argmax "
-          f"{max(t_token - t_run, 0) * 1e6:.0f} us)")
+          f"(dispatch {t_dispatch * 1e6 / len(prog.calls):.2f} us/call x {len(prog.calls)}, eval bookkeeping "
+          f"{t_eval_only * 1e6:.0f} us)")
 
     if args.ops:
         acc = collections.defaultdict(float)
