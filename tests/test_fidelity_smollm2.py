@@ -11,23 +11,17 @@ weights) and keeps an f16 KV cache; we multiply float32 activations by the dequa
 by 0.13 and disagrees on 2 of the 128 greedy steps -- so argmax agreement is checked as "nearly
 all, and every disagreement is a near-tie in llama.cpp's own logits".
 """
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from lanternlm.runtime.engine import Engine
 
-REFERENCE = Path(__file__).parents[2] / "shared" / "reference" / "smollm2-135m-q4_1.llama_cpp.json"
 NEAR_TIE = 0.35  # llama.cpp's own batch-vs-sequential logit noise reaches this
 
 
 @pytest.fixture(scope="module")
-def reference():
-    if not REFERENCE.exists():
-        pytest.fail(f"llama.cpp reference outputs not found at {REFERENCE} (../shared beside the repo)")
-    return json.loads(REFERENCE.read_text())
+def reference(llama_cpp_reference):  # conftest: ../shared/reference, a failure when missing
+    return llama_cpp_reference
 
 
 @pytest.fixture(scope="module")
