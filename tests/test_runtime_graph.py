@@ -131,6 +131,13 @@ def test_missing_tensors_are_all_listed():
     assert "blk.1.ffn_up.weight" in str(err.value)
 
 
+def test_unsupported_rope_factors_are_refused():
+    cfg = ModelConfig.from_kv(llama_kv())
+    shapes = {**llama_shapes(cfg), "rope_freqs.weight": (cfg.head_dim // 2,)}
+    with pytest.raises(GraphError, match="rope_freqs.weight"):
+        build(cfg, shapes)
+
+
 def test_shape_mismatch_names_the_tensor():
     cfg = ModelConfig.from_kv(llama_kv())
     shapes = llama_shapes(cfg)

@@ -6,6 +6,7 @@ rows of Q and K to undo Hugging Face's rotate-half layout.
 """
 from __future__ import annotations
 
+from ..graph import GraphError
 from .common import attention, lm_head, rope
 
 
@@ -14,6 +15,8 @@ def hparams(kv, fields: dict) -> dict:
 
 
 def build(g, cfg) -> None:
+    if g.has_weight("rope_freqs.weight"):  # Llama 3.1+ per-frequency rope factors
+        raise GraphError(f"{cfg.arch}: rope frequency factors (rope_freqs.weight) are not supported")
     x = g.get_rows("token_embd.weight", name="inp_embd")            # (T, n_embd)
     for il in range(cfg.n_layer):
         p = f"blk.{il}."
