@@ -59,8 +59,8 @@ def test_logits_match_transformers(converted, case):
     from lanternlm.runtime.engine import Engine
 
     ckpt, _, path = converted(case)
-    # float32 throughout, as transformers computes (by default the engine rounds like llama.cpp)
-    engine = Engine.load(path, n_ctx=128, kv_f16=False, round_activations=False)
+    # f32 weights: the engine computes in float32 throughout, as transformers does
+    engine = Engine.load(path, n_ctx=128)
     for text in LOGIT_TEXTS:
         ids = ckpt.tokenizer.encode(text)
         ref = hf_logits(ckpt, ids)
