@@ -17,4 +17,4 @@ chat: $(STAMP)
 	$(BIN)/lantern chat
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
