@@ -15,6 +15,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("lanternlm.runtime.chat_cli", "chat with a model in the terminal (default: smollm2-135m-instruct)"),
     "run": ("lanternlm.runtime.run_cli", "generate a continuation of a prompt, streamed to stdout"),
+    "bench": ("lanternlm.runtime.bench_cli", "prefill and decode speed, load time and memory (llama-bench style)"),
     "perplexity": ("lanternlm.runtime.perplexity", "perplexity (and KL divergence to a base model) on a text"),
     "info": ("lanternlm.formats.info", "describe a GGUF model"),
     "pull": ("lanternlm.formats.catalog_cli", "download a catalog model"),

@@ -1,0 +1,252 @@
+"""Throughput measurement: prefill and decode tokens/s, load time and memory.
+
+The one protocol shared by `lantern bench` and the scripts in benchmarks/ (llama-bench's):
+
+- pp (prefill): one `eval` of p token ids from an empty cache;
+- tg (decode): n single-token `eval`s from an empty cache;
+- a warm-up of both first (Numba compiles on first use), not counted;
+- r repetitions of each, reported as tokens/s mean, std and best.
+
+Tokenization and sampling are outside the measurement: the ids are fixed (seeded random ids in
+[0, n_vocab)), so both engines in a comparison run the same work. An engine is measured
+through a `Runner`: anything with `reset()` (empty the cache) and `eval(ids)` (append ids and
+run them, returning once the work is done). RUNNERS maps an engine's name to its loader.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+
+class Runner(Protocol):
+    n_vocab: int
+
+    def reset(self) -> None: ...
+
+    def eval(self, ids: Sequence[int]) -> None: ...
+
+
+# ---- timing ---------------------------------------------------------------------------------
+
+def time_prefill(eval_fn: Callable[[Sequence[int]], object], ids: Sequence[int]) -> float:
+    """Seconds for one call `eval_fn(ids)` (the caller sets up the cache)."""
+    t0 = time.perf_counter()
+    eval_fn(ids)
+    return time.perf_counter() - t0
+
+
+def time_decode(eval_fn: Callable[[Sequence[int]], object], ids: Sequence[int]) -> float:
+    """Seconds for `eval_fn([id])` on each id in turn: len(ids) one-token steps."""
+    t0 = time.perf_counter()
+    for tok in ids:
+        eval_fn([tok])
+    return time.perf_counter() - t0
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Repeated timings of the same `tokens` of work."""
+    tokens: int
+    seconds: tuple[float, ...]
+
+    @property
+    def samples(self) -> np.ndarray:
+        return self.tokens / np.asarray(self.seconds, dtype=np.float64)
+
+    @property
+    def mean(self) -> float:
+        return float(self.samples.mean())
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation of tokens/s (0 for a single repetition), as llama-bench."""
+        s = self.samples
+        return float(s.std(ddof=1)) if s.size > 1 else 0.0
+
+    @property
+    def best(self) -> float:
+        return float(self.samples.max())
+
+    def as_dict(self) -> dict:
+        return {"tokens": self.tokens, "mean": self.mean, "std": self.std, "best": self.best,
+                "seconds": list(self.seconds)}
+
+
+def bench_ids(n_vocab: int, n_prompt: int, n_gen: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed token ids for pp (n_prompt) and tg (n_gen): seeded, uniform in [0, n_vocab)."""
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, n_vocab, n_prompt, dtype=np.int64),
+            rng.integers(0, n_vocab, n_gen, dtype=np.int64))
+
+
+def measure(runner: Runner, prompt_ids: np.ndarray, gen_ids: np.ndarray, repetitions: int,
+            progress: Callable[[str], None] = lambda msg: None) -> tuple[Throughput, Throughput]:
+    """(pp, tg) over `repetitions`, after one uncounted warm-up of each."""
+    if repetitions < 1:
+        raise ValueError(f"repetitions must be >= 1, got {repetitions}")
+    prompt = [int(t) for t in prompt_ids]
+    gen = [int(t) for t in gen_ids]
+
+    if not prompt or not gen:
+        raise ValueError("measure needs at least one prompt id and one decode id")
+
+    def one_round() -> tuple[float, float]:
+        runner.reset()
+        pp = time_prefill(runner.eval, prompt)
+        runner.reset()
+        return pp, time_decode(runner.eval, gen)
+
+    progress("warm-up")
+    one_round()
+    pp_s, tg_s = [], []
+    for i in range(repetitions):
+        progress(f"repetition {i + 1}/{repetitions}")
+        pp, tg = one_round()
+        pp_s.append(pp)
+        tg_s.append(tg)
+    runner.reset()
+    return Throughput(len(prompt), tuple(pp_s)), Throughput(len(gen), tuple(tg_s))
+
+
+# ---- memory ---------------------------------------------------------------------------------
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident set size in MiB (None where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def current_rss_mb() -> float | None:
+    """This process's resident set size now in MiB (Linux /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+# ---- engines --------------------------------------------------------------------------------
+
+class LanternRunner:
+    """Our Engine as a Runner; waits for the device after each eval (a no-op on the CPU)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.n_vocab = engine.cfg.n_vocab
+        self._sync = getattr(engine.backend, "synchronize", lambda: None)
+
+    def reset(self) -> None:
+        self.engine.reset()
+
+    def eval(self, ids) -> None:
+        self.engine.eval(ids)
+        self._sync()
+
+
+class LlamaCppRunner:
+    """llama-cpp-python's `Llama` as a Runner: `eval` is its own `Llama.eval`."""
+
+    def __init__(self, llm):
+        self.llm = llm
+        self.n_vocab = llm.n_vocab()
+
+    def reset(self) -> None:
+        self.llm.reset()             # n_tokens = 0; the next eval drops the cached positions
+
+    def eval(self, ids) -> None:
+        self.llm.eval(ids)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    threads: int
+    n_ctx: int
+    n_batch: int
+    backend: str = "cpu"
+    device: str | None = None
+
+
+def load_lantern(path, opts: LoadOptions) -> tuple[LanternRunner, float]:
+    """(runner, Engine.load wall seconds); the import is done before the clock starts."""
+    from .engine import Engine
+
+    t0 = time.perf_counter()
+    engine = Engine.load(path, n_ctx=opts.n_ctx, threads=opts.threads, n_batch=opts.n_batch,
+                         backend=opts.backend, device=opts.device)
+    return LanternRunner(engine), time.perf_counter() - t0
+
+
+def require_llama_cpp():
+    """The llama_cpp module, or a one-line error: llama-cpp-python is not a dependency."""
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise RuntimeError(f"--vs-llama-cpp needs llama-cpp-python, which is not importable ({exc})") from None
+    return llama_cpp
+
+
+def load_llama_cpp(path, opts: LoadOptions) -> tuple[LlamaCppRunner, float]:
+    """(runner, Llama(...) wall seconds). llama-cpp-python is optional: a clear error without it."""
+    llama_cpp = require_llama_cpp()
+    t0 = time.perf_counter()
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=opts.n_ctx, n_batch=opts.n_batch,
+                          n_ubatch=opts.n_batch, n_threads=opts.threads, n_threads_batch=opts.threads,
+                          n_gpu_layers=0, logits_all=False, verbose=False)
+    return LlamaCppRunner(llm), time.perf_counter() - t0
+
+
+# engine name -> loader(path, LoadOptions) -> (Runner, load seconds)
+RUNNERS: dict[str, Callable[..., tuple[Runner, float]]] = {
+    "lantern": load_lantern,
+    "llama.cpp": load_llama_cpp,
+}
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    engine: str
+    n_vocab: int
+    pp: Throughput
+    tg: Throughput
+    load_s: float
+    rss_mb: float | None          # current RSS after the run
+    peak_rss_mb: float | None
+    rss_delta_mb: float | None    # RSS growth from before the load to after the run
+
+    def as_dict(self) -> dict:
+        return {"pp_tps": self.pp.mean, "pp_std": self.pp.std, "pp_best": self.pp.best,
+                "tg_tps": self.tg.mean, "tg_std": self.tg.std, "tg_best": self.tg.best,
+                "load_s": self.load_s, "rss_mb": self.rss_mb, "peak_rss_mb": self.peak_rss_mb,
+                "rss_delta_mb": self.rss_delta_mb, "pp": self.pp.as_dict(), "tg": self.tg.as_dict()}
+
+
+def bench_engine(engine: str, path, opts: LoadOptions, n_prompt: int, n_gen: int, repetitions: int,
+                 seed: int = 0, progress: Callable[[str], None] = lambda msg: None,
+                 vocab_check: int | None = None) -> BenchResult:
+    """Load `engine` (a RUNNERS name) on `path` and measure it. With `vocab_check`, the
+    engine must see that vocabulary size (the same ids must mean the same for both engines)."""
+    rss_before = current_rss_mb()
+    progress(f"{engine}: loading")
+    runner, load_s = RUNNERS[engine](path, opts)
+    if vocab_check is not None and runner.n_vocab != vocab_check:
+        raise RuntimeError(f"{engine} sees {runner.n_vocab} vocabulary entries, expected {vocab_check}")
+    prompt_ids, gen_ids = bench_ids(runner.n_vocab, n_prompt, n_gen, seed)
+    pp, tg = measure(runner, prompt_ids, gen_ids, repetitions, progress=lambda m: progress(f"{engine}: {m}"))
+    rss = current_rss_mb()
+    delta = rss - rss_before if rss is not None and rss_before is not None else None
+    return BenchResult(engine, runner.n_vocab, pp, tg, load_s, rss, peak_rss_mb(), delta)
+
+
+__all__ = ["Runner", "Throughput", "time_prefill", "time_decode", "bench_ids", "measure", "peak_rss_mb",
+           "current_rss_mb", "LanternRunner", "LlamaCppRunner", "LoadOptions", "RUNNERS", "BenchResult",
+           "bench_engine", "require_llama_cpp"]

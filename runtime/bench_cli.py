@@ -1,0 +1,129 @@
+"""`lantern bench MODEL`: prefill and decode speed as llama-bench measures it.
+
+    lantern bench MODEL [-p 128] [-n 64] [-r 3] [-t 2] [--json] [--vs-llama-cpp] [--backend cpu]
+
+pp: one eval of p tokens from an empty cache; tg: n one-token evals from an empty cache;
+tokens/s as mean +- std over r repetitions after a warm-up (see runtime.bench). Also the
+load time (Engine.load, in this process) and memory. With --vs-llama-cpp, llama.cpp runs the
+same file through llama-cpp-python (if importable) with the same protocol and ids, and the
+ratios ours / llama.cpp are printed. A table (or JSON with --json) goes to stdout; progress
+to stderr.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .bench import BenchResult, LoadOptions, bench_engine, require_llama_cpp
+from .cli_common import add_runtime_args
+
+DEFAULT_THREADS = 2
+
+
+def configure_parser(p) -> None:
+    p.add_argument("model", help="GGUF path or catalog name")
+    p.add_argument("-p", "--n-prompt", type=int, default=128, metavar="N", help="prefill tokens (default 128)")
+    p.add_argument("-n", "--n-gen", type=int, default=64, metavar="N", help="decode tokens (default 64)")
+    p.add_argument("-r", "--repetitions", type=int, default=3, metavar="N", help="repetitions (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random token ids (default 0)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--vs-llama-cpp", action="store_true",
+                   help="also run llama.cpp (llama-cpp-python, if installed) on the same file and compare")
+    add_runtime_args(p, ctx=None, ctx_help="context window (default: p + n)")
+    p.set_defaults(threads=DEFAULT_THREADS)
+
+
+def _check(args) -> None:
+    for flag, value in (("-p", args.n_prompt), ("-n", args.n_gen), ("-r", args.repetitions),
+                        ("--threads", args.threads)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    if args.ctx is not None and args.ctx < args.n_prompt + args.n_gen:
+        raise ValueError(f"--ctx {args.ctx} is smaller than p + n = {args.n_prompt + args.n_gen}")
+    if args.vs_llama_cpp and args.backend != "cpu":
+        raise ValueError("--vs-llama-cpp compares CPU engines: use --backend cpu")
+
+
+def _progress(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def _ratio(ours: float, theirs: float) -> float | None:
+    return ours / theirs if theirs > 0 else None
+
+
+def ratios(ours: BenchResult, theirs: BenchResult) -> dict:
+    """ours / llama.cpp: tokens/s (mean and best; > 1 = we are faster) and load time (< 1 = faster)."""
+    return {"pp": _ratio(ours.pp.mean, theirs.pp.mean), "tg": _ratio(ours.tg.mean, theirs.tg.mean),
+            "pp_best": _ratio(ours.pp.best, theirs.pp.best), "tg_best": _ratio(ours.tg.best, theirs.tg.best),
+            "load": _ratio(ours.load_s, theirs.load_s)}
+
+
+def format_table(model: str, size_mib: float, threads: int, results: list[tuple[str, BenchResult]]) -> str:
+    """llama-bench's markdown table: one row per (backend, test)."""
+    header = ["model", "size", "backend", "threads", "test", "t/s", "best t/s"]
+    rows = []
+    for backend, res in results:
+        for test, tp in (("pp", res.pp), ("tg", res.tg)):
+            rows.append([model, f"{size_mib:.2f} MiB", backend, str(threads), f"{test}{tp.tokens}",
+                         f"{tp.mean:.2f} ± {tp.std:.2f}", f"{tp.best:.2f}"])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    right = {3, 5, 6}
+
+    def line(cells):
+        return "| " + " | ".join(c.rjust(w) if i in right else c.ljust(w)
+                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
+    rule = "| " + " | ".join("-" * (w - 1) + (":" if i in right else "-") for i, w in enumerate(widths)) + " |"
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+def _mb(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f} MB"
+
+
+def format_summary(results: list[tuple[str, BenchResult]], ratio: dict | None) -> str:
+    out = [f"{name}: load {r.load_s:.3f} s, rss {_mb(r.rss_mb)} (+{_mb(r.rss_delta_mb)} for this engine), "
+           f"peak rss {_mb(r.peak_rss_mb)}" for name, r in results]
+    if ratio:
+        fmt = lambda x: "-" if x is None else f"{x:.2f}x"  # noqa: E731
+        out.append(f"ours / llama.cpp: pp {fmt(ratio['pp'])} (best {fmt(ratio['pp_best'])}), "
+                   f"tg {fmt(ratio['tg'])} (best {fmt(ratio['tg_best'])}), load time {fmt(ratio['load'])}")
+    return "\n".join(out)
+
+
+def main(args) -> int:
+    from ..formats.catalog import resolve
+
+    _check(args)
+    path = Path(resolve(args.model))
+    n_ctx = args.ctx or args.n_prompt + args.n_gen
+    opts = LoadOptions(threads=args.threads, n_ctx=n_ctx, n_batch=args.n_prompt,
+                       backend=args.backend, device=args.device)
+    if args.vs_llama_cpp:
+        require_llama_cpp()         # fail before the long part when llama-cpp-python is missing
+
+    measure = dict(n_prompt=args.n_prompt, n_gen=args.n_gen, repetitions=args.repetitions, seed=args.seed,
+                   progress=_progress)
+    ours = bench_engine("lantern", path, opts, **measure)
+    results = [(f"lantern {args.backend}", ours)]
+    report = {"model": str(args.model), "path": str(path), "backend": args.backend, "threads": args.threads,
+              "n_prompt": args.n_prompt, "n_gen": args.n_gen, "repetitions": args.repetitions,
+              "n_ctx": n_ctx, **ours.as_dict()}
+    ratio = None
+    if args.vs_llama_cpp:
+        theirs = bench_engine("llama.cpp", path, opts, vocab_check=ours.n_vocab, **measure)
+        results.append(("llama.cpp cpu", theirs))
+        ratio = ratios(ours, theirs)
+        report["llama_cpp"] = theirs.as_dict()
+        report["ratios"] = ratio
+
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        size_mib = path.stat().st_size / 2**20
+        print(format_table(path.stem if Path(args.model).exists() else args.model, size_mib, args.threads, results))
+        print()
+        print(format_summary(results, ratio))
+    return 0
