@@ -1,0 +1,140 @@
+"""`lantern bench`: the measured work is exactly llama-bench's protocol (a warm-up, then per
+repetition one p-token eval and n one-token evals, each from an empty cache, on the same seeded
+ids), the JSON carries consistent figures, --vs-llama-cpp feeds llama.cpp the same ids with the
+same settings, and a missing llama-cpp-python is one error line. Nothing asserts on speed."""
+import json
+import math
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from lanternlm import cli
+from lanternlm.runtime import bench
+from lanternlm.runtime.engine import Engine
+
+P, N, R = 8, 4, 2
+SMALL = ["-p", P, "-n", N, "-r", R, "-t", 1]
+
+
+def run_bench(capsys, *argv) -> tuple[int, str, str]:
+    rc = cli.main(["bench", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture
+def engine_calls(monkeypatch):
+    """Every Engine.eval as (n_past before the call, ids)."""
+    calls = []
+    real_eval = Engine.eval
+
+    def counting_eval(self, ids, all_logits=False):
+        calls.append((self.n_past, [int(i) for i in ids]))
+        return real_eval(self, ids, all_logits)
+
+    monkeypatch.setattr(Engine, "eval", counting_eval)
+    return calls
+
+
+def expected_calls(prompt, gen, rounds):
+    one_round = [(0, prompt)] + [(i, [tok]) for i, tok in enumerate(gen)]
+    return one_round * rounds
+
+
+def check_figures(d, n_prompt, n_gen, reps):
+    for test, tokens in (("pp", n_prompt), ("tg", n_gen)):
+        sub = d[test]
+        assert sub["tokens"] == tokens and len(sub["seconds"]) == reps
+        assert all(s > 0 and math.isfinite(s) for s in sub["seconds"])
+        per_rep = [tokens / s for s in sub["seconds"]]
+        assert d[f"{test}_tps"] == pytest.approx(np.mean(per_rep))
+        assert d[f"{test}_std"] == pytest.approx(np.std(per_rep, ddof=1))
+        assert d[f"{test}_best"] == pytest.approx(max(per_rep))
+    assert d["load_s"] > 0 and math.isfinite(d["load_s"])
+    assert d["rss_mb"] > 0 and d["peak_rss_mb"] > 0
+
+
+def test_json_figures_and_the_work_measured(smollm2_path, engine_calls, capsys):
+    rc, out, err = run_bench(capsys, smollm2_path, *SMALL, "--json", "--seed", 3)
+    assert rc == 0, err
+    d = json.loads(out)
+    assert (d["n_prompt"], d["n_gen"], d["repetitions"], d["threads"]) == (P, N, R, 1)
+    check_figures(d, P, N, R)
+    assert "llama_cpp" not in d and "ratios" not in d
+    # warm-up + R repetitions, each round from an empty cache, on the seeded ids
+    prompt, gen = (ids.tolist() for ids in bench.bench_ids(49152, P, N, seed=3))
+    assert engine_calls == expected_calls(prompt, gen, 1 + R)
+    assert "warm-up" in err and f"repetition {R}/{R}" in err
+
+
+def test_table_rows(smollm2_path, capsys):
+    rc, out, err = run_bench(capsys, smollm2_path, *SMALL)
+    assert rc == 0, err
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "lantern cpu" in line]
+    assert [r.split("|")[5].strip() for r in rows] == [f"pp{P}", f"tg{N}"]
+    assert "load" in out and "peak rss" in out
+
+
+class FakeLlama:
+    """Stands in for llama_cpp.Llama: records its settings and every eval."""
+    instances = []
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+        self.n_tokens = 0
+        self.calls = []
+        FakeLlama.instances.append(self)
+
+    def n_vocab(self):
+        return 49152
+
+    def reset(self):
+        self.n_tokens = 0
+
+    def eval(self, tokens):
+        self.calls.append((self.n_tokens, list(tokens)))
+        self.n_tokens += len(tokens)
+
+
+def test_vs_llama_cpp_same_ids_and_settings(smollm2_path, engine_calls, monkeypatch, capsys):
+    FakeLlama.instances.clear()
+    monkeypatch.setitem(sys.modules, "llama_cpp", types.SimpleNamespace(Llama=FakeLlama))
+    rc, out, err = run_bench(capsys, smollm2_path, *SMALL, "--json", "--vs-llama-cpp")
+    assert rc == 0, err
+    d = json.loads(out)
+    (llm,) = FakeLlama.instances
+    assert llm.kwargs["model_path"] == str(smollm2_path)
+    assert llm.kwargs["n_threads"] == llm.kwargs["n_threads_batch"] == 1
+    assert llm.kwargs["n_ctx"] >= P + N and llm.kwargs["n_batch"] >= P
+    assert llm.calls == engine_calls                    # the same protocol on the same ids
+    check_figures(d["llama_cpp"], P, N, R)
+    ratios = d["ratios"]
+    assert ratios["pp"] == pytest.approx(d["pp_tps"] / d["llama_cpp"]["pp_tps"])
+    assert ratios["tg"] == pytest.approx(d["tg_tps"] / d["llama_cpp"]["tg_tps"])
+    assert ratios["load"] == pytest.approx(d["load_s"] / d["llama_cpp"]["load_s"])
+
+
+def test_vs_llama_cpp_without_llama_cpp_python(smollm2_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)     # `import llama_cpp` raises ImportError
+    rc, out, err = run_bench(capsys, smollm2_path, *SMALL, "--vs-llama-cpp")
+    assert rc == 1 and out == ""
+    assert err.count("\n") == 1 and "llama-cpp-python" in err and "not importable" in err
+
+
+@pytest.mark.parametrize("flag", ["-p", "-n", "-r", "-t"])
+def test_non_positive_counts_are_refused(smollm2_path, flag, capsys):
+    argv = [str(a) for a in SMALL]
+    argv[argv.index(flag) + 1] = "0"
+    rc, out, err = run_bench(capsys, smollm2_path, *argv)
+    assert rc == 1 and f"{flag}" in err and ">= 1" in err
+
+
+def test_throughput_statistics_hand_computed():
+    tp = bench.Throughput(10, (1.0, 2.0, 4.0))               # 10, 5, 2.5 tokens/s
+    assert tp.mean == pytest.approx(17.5 / 3)
+    assert tp.std == pytest.approx(math.sqrt(((10 - 17.5 / 3) ** 2 + (5 - 17.5 / 3) ** 2
+                                              + (2.5 - 17.5 / 3) ** 2) / 2))
+    assert tp.best == 10.0
+    assert bench.Throughput(4, (2.0,)).std == 0.0
