@@ -2,7 +2,8 @@
 
     python benchmarks/bench_decode.py [model-or-path] [--threads 2] [--tokens 64] [--prompt 32] [--ops]
 
-Prints the prompt's prefill speed, then, for one-token decode steps after the prompt:
+Prints the prompt's prefill speed, then, for one-token decode steps after the prompt (fixed
+seeded ids, timed by runtime.bench as `lantern bench` times them):
 - tok/s and ms per token of `Engine.eval([token])`;
 - the time outside kernels: the same call list run through a Numba no-op that accepts the same
   arguments (the Python loop plus Numba's argument checking), plus `eval` itself with an empty
@@ -17,10 +18,10 @@ import collections
 import os
 import time
 
-import numpy as np
 from numba import njit
 
 from lanternlm.formats.catalog import pull
+from lanternlm.runtime.bench import bench_ids, time_decode, time_prefill
 from lanternlm.runtime.engine import Engine
 
 
@@ -53,7 +54,7 @@ def main() -> None:
     path = args.model if os.path.exists(args.model) else pull(args.model, progress=False)
     t0 = time.perf_counter()
     eng = Engine.load(path, n_ctx=args.prompt + args.tokens + 64, threads=args.threads)
-    prompt = (np.arange(args.prompt) * 7 + 11) % eng.cfg.n_vocab
+    prompt, gen = bench_ids(eng.cfg.n_vocab, args.prompt, args.tokens)   # fixed ids: no sampling timed
     eng.eval(prompt)                              # compiles every kernel the model needs
     eng.eval([int(prompt[-1])])
     print(f"{eng}  load+compile {time.perf_counter() - t0:.1f} s")
@@ -62,11 +63,7 @@ def main() -> None:
     t_token = t_run = float("inf")
     for _ in range(args.rounds):  # interleaved, best of each: a shared machine's noise only adds
         eng.truncate(args.prompt)
-        tok = int(prompt[-1])
-        t0 = time.perf_counter()
-        for _ in range(args.tokens):
-            tok = int(eng.eval([tok]).argmax())
-        t_token = min(t_token, (time.perf_counter() - t0) / args.tokens)
+        t_token = min(t_token, time_decode(eng.eval, gen) / args.tokens)
         t0 = time.perf_counter()
         for _ in range(args.tokens):
             prog.run()                             # the same position each time: one cache slot
@@ -74,9 +71,7 @@ def main() -> None:
     t_prefill = float("inf")
     for _ in range(args.rounds):
         eng.reset()
-        t0 = time.perf_counter()
-        eng.eval(prompt)
-        t_prefill = min(t_prefill, time.perf_counter() - t0)
+        t_prefill = min(t_prefill, time_prefill(eng.eval, prompt))
     repeat = 20
     noop_calls = [(args_,) for _, args_ in prog.calls]
     for (a,) in noop_calls:
@@ -89,7 +84,7 @@ def main() -> None:
     t_dispatch = per_call(dispatch_only, repeat)
     def eval_bookkeeping_only():
         eng.truncate(args.prompt)
-        eng.eval([tok])
+        eng.eval(gen[:1])
 
     calls, prog.calls = prog.calls, []             # eval() with nothing to run: its own bookkeeping
     t_eval_only = per_call(eval_bookkeeping_only, repeat)
