@@ -18,9 +18,6 @@ from pathlib import Path
 from .bench import BenchResult, LoadOptions, bench_engine, require_llama_cpp
 from .cli_common import add_runtime_args
 
-DEFAULT_THREADS = 2
-
-
 def configure_parser(p) -> None:
     p.add_argument("model", help="GGUF path or catalog name")
     p.add_argument("-p", "--n-prompt", type=int, default=128, metavar="N", help="prefill tokens (default 128)")
@@ -31,10 +28,13 @@ def configure_parser(p) -> None:
     p.add_argument("--vs-llama-cpp", action="store_true",
                    help="also run llama.cpp (llama-cpp-python, if installed) on the same file and compare")
     add_runtime_args(p, ctx=None, ctx_help="context window (default: p + n)")
-    p.set_defaults(threads=DEFAULT_THREADS)
 
 
 def _check(args) -> None:
+    if args.threads is None:        # the shared flag's default: every core Numba sees, for both engines
+        import numba
+
+        args.threads = numba.config.NUMBA_NUM_THREADS
     for flag, value in (("-p", args.n_prompt), ("-n", args.n_gen), ("-r", args.repetitions),
                         ("--threads", args.threads)):
         if value < 1:
