@@ -104,16 +104,16 @@ def main(args) -> int:
     if args.vs_llama_cpp:
         require_llama_cpp()         # fail before the long part when llama-cpp-python is missing
 
-    measure = dict(n_prompt=args.n_prompt, n_gen=args.n_gen, repetitions=args.repetitions, seed=args.seed,
+    protocol = dict(n_prompt=args.n_prompt, n_gen=args.n_gen, repetitions=args.repetitions, seed=args.seed,
                    progress=_progress)
-    ours = bench_engine("lantern", path, opts, **measure)
+    ours = bench_engine("lantern", path, opts, **protocol)
     results = [(f"lantern {args.backend}", ours)]
     report = {"model": str(args.model), "path": str(path), "backend": args.backend, "threads": args.threads,
               "n_prompt": args.n_prompt, "n_gen": args.n_gen, "repetitions": args.repetitions,
               "n_ctx": n_ctx, **ours.as_dict()}
     ratio = None
     if args.vs_llama_cpp:
-        theirs = bench_engine("llama.cpp", path, opts, vocab_check=ours.n_vocab, **measure)
+        theirs = bench_engine("llama.cpp", path, opts, vocab_check=ours.n_vocab, **protocol)
         results.append(("llama.cpp cpu", theirs))
         ratio = ratios(ours, theirs)
         report["llama_cpp"] = theirs.as_dict()
