@@ -8,8 +8,8 @@ cached per word: natural text repeats its words a lot.
 """
 from __future__ import annotations
 
-import heapq
 
+from .pair_merge import merge_pairs
 from .pretokenize import PreTokenizer
 
 
@@ -99,40 +99,6 @@ class BPEModel:
         return tuple(ids)
 
     def _merge(self, text: list[str]) -> list[str]:
-        """Merge adjacent symbols of one word in rank order; `text` is modified in place."""
-        n = len(text)
-        if n < 2:
-            return text
+        """Merge adjacent symbols of one word in rank order (lowest rank first)."""
         ranks = self.ranks
-        nxt = list(range(1, n + 1))
-        nxt[-1] = -1
-        prv = list(range(-1, n - 1))
-        heap = []
-        for i in range(n - 1):
-            pair = text[i] + text[i + 1]
-            rank = ranks.get(text[i] + " " + text[i + 1])
-            if rank is not None:
-                heap.append((rank, i, i + 1, pair))
-        heapq.heapify(heap)
-        while heap:
-            _, left, right, pair = heapq.heappop(heap)
-            lt, rt = text[left], text[right]
-            if not lt or not rt or lt + rt != pair:
-                continue   # stale: one side was merged since this pair was queued
-            text[left] = pair
-            text[right] = ""
-            after = nxt[right]
-            nxt[left] = after
-            if after >= 0:
-                prv[after] = left
-            before = prv[left]
-            if before >= 0:
-                self._push(heap, text, before, left)
-            if after >= 0:
-                self._push(heap, text, left, after)
-        return [t for t in text if t]
-
-    def _push(self, heap: list, text: list[str], left: int, right: int) -> None:
-        rank = self.ranks.get(text[left] + " " + text[right])
-        if rank is not None:
-            heapq.heappush(heap, (rank, left, right, text[left] + text[right]))
+        return merge_pairs(text, lambda left, right: ranks.get(left + " " + right))

@@ -14,9 +14,10 @@ tie order included, since ties only compare positions inside one piece — and a
 from __future__ import annotations
 
 import functools
-import heapq
 import re
 from typing import Iterable
+
+from .pair_merge import merge_pairs
 
 ESCAPED_SPACE = "\u2581"   # '▁'
 _CACHE_LIMIT = 1 << 16
@@ -85,43 +86,10 @@ class SPMModel:
         return tuple(ids)
 
     def _merge(self, piece: str) -> list[str]:
-        text = list(piece)
-        n = len(text)
-        if n < 2:
-            return text
-        nxt = list(range(1, n + 1))
-        nxt[-1] = -1
-        prv = list(range(-1, n - 1))
-        heap = []
-        for i in range(n - 1):
-            self._candidate(heap, text, i, i + 1, push=False)
-        heapq.heapify(heap)
-        while heap:
-            _, left, right, size = heapq.heappop(heap)
-            lt, rt = text[left], text[right]
-            if not lt or not rt or len(lt) + len(rt) != size:
-                continue   # stale: a side was merged since this pair was queued
-            text[left] = lt + rt
-            text[right] = ""
-            after = nxt[right]
-            nxt[left] = after
-            if after >= 0:
-                prv[after] = left
-            before = prv[left]
-            if before >= 0:
-                self._candidate(heap, text, before, left)
-            if after >= 0:
-                self._candidate(heap, text, left, after)
-        return [t for t in text if t]
+        """Merge adjacent symbols, highest vocabulary score first (then leftmost)."""
+        token_to_id, scores = self.token_to_id, self.scores
 
-    def _candidate(self, heap: list, text: list[str], left: int, right: int,
-                   push: bool = True) -> None:
-        tid = self.token_to_id.get(text[left] + text[right])
-        if tid is None:
-            return
-        # Highest score first, then leftmost: heapq pops the smallest tuple.
-        entry = (-self.scores[tid], left, right, len(text[left]) + len(text[right]))
-        if push:
-            heapq.heappush(heap, entry)
-        else:
-            heap.append(entry)
+        def priority(left: str, right: str):
+            tid = token_to_id.get(left + right)
+            return None if tid is None else -scores[tid]
+        return merge_pairs(list(piece), priority)
