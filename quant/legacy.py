@@ -13,10 +13,13 @@ nibble; for the 5-bit types bit j of the little-endian uint32 qh is bit 4 of q[j
 
 The decoders repeat gguf-py's float32 operations in order (a product, then a sum, no fused
 multiply-add), so `dequantize` is bit-identical to `gguf.quants.dequantize`. The dot kernels
-work on the blocks without dequantizing the row and may reassociate (DOT_FASTMATH).
+work on the blocks without dequantizing the row and may reassociate (DOT_FASTMATH); they are
+the float reference twins (FLOAT_KERNELS) of the registered int8-activation kernels in
+legacy_int8.py, which compute as llama.cpp does.
 
-Q8_1 (ggml's activation format for these types) is not registered: gguf-py has no reference
-for it and its size table still gives the old 40-byte block where ggml now uses 36 bytes.
+Q8_1 (ggml's activation format for the _1 types) is not registered: gguf-py has no reference
+for it and its size table still gives the old 40-byte block where ggml now uses 36 bytes;
+legacy_int8.py keeps its parts (d, s, qs) internal.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from numba import njit, prange
 
 from .floats import half_at
 from .kernel_kit import DOT_FASTMATH, make_matmul, opaque, specialize
+from .legacy_int8 import INT8_KERNELS
 from .legacy_quantize import QUANTIZERS
 from .registry import QuantType, register
 
@@ -199,9 +203,16 @@ def _block_kernels(qtype, decode_block, dot_block):
             make_matmul(f"matmul_{name}", decode_row, row_fits))
 
 
+# Registered matvec/matmul quantize the activations to Q8_0/Q8_1 first and dot integers, as
+# llama.cpp does (legacy_int8.py); the float-activation kernels above are their reference
+# twins, kept in FLOAT_KERNELS.
+FLOAT_KERNELS = {}  # type -> (matvec, matmul) on float activations
 for _qtype, _decode, _dot in ((T.Q4_0, _decode_q4_0, _dot_q4_0),
                               (T.Q4_1, _decode_q4_1, _dot_q4_1),
                               (T.Q5_0, _decode_q5_0, _dot_q5_0),
                               (T.Q5_1, _decode_q5_1, _dot_q5_1),
                               (T.Q8_0, _decode_q8_0, _dot_q8_0)):
-    register(QuantType(_qtype, *_block_kernels(_qtype, _decode, _dot), quantize=QUANTIZERS[_qtype]))
+    _dequantize, _float_matvec, _float_matmul = _block_kernels(_qtype, _decode, _dot)
+    FLOAT_KERNELS[_qtype] = (_float_matvec, _float_matmul)
+    _matvec, _matmul = INT8_KERNELS[_qtype]
+    register(QuantType(_qtype, _dequantize, _matvec, _matmul, quantize=QUANTIZERS[_qtype]))

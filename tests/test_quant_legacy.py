@@ -6,6 +6,7 @@ from gguf import quants as gq
 
 import lanternlm.quant as Q
 from lanternlm.formats.gguf import read_gguf
+from lanternlm.quant.legacy import FLOAT_KERNELS
 
 LEGACY = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]
 by_type = pytest.mark.parametrize("qtype", LEGACY, ids=lambda q: q.name)
@@ -97,25 +98,37 @@ def test_quantize_refuses_non_finite_and_ragged_rows(qtype):
         Q.quantize(np.ones((2, 48), np.float32), qtype)
 
 
+def float_twins(w, qtype, x):
+    """(matvec of x[-1], matmul of x) by the float-activation kernels (the registered ones
+    quantize x to Q8 first: tests/test_quant_legacy_int8.py)."""
+    matvec, matmul = FLOAT_KERNELS[T(qtype)]
+    mv, mm = np.empty(w.shape[0], np.float32), np.empty((len(x), w.shape[0]), np.float32)
+    matvec(mv, w, x[-1])
+    matmul(mm, w, x)
+    return mv, mm
+
+
 @by_type
 @pytest.mark.parametrize("rows,n,t", [(1, 32, 1), (13, 96, 2), (67, 1024, 11)])
-def test_matvec_and_matmul_match_dense_product(qtype, rows, n, t):
+def test_float_matvec_and_matmul_match_dense_product(qtype, rows, n, t):
     rng = np.random.default_rng(6)
     w = Q.quantize(random_rows(7, (rows, n), decades=3), qtype)
     dense = gq.dequantize(w, qtype).astype(np.float64)
     x = rng.standard_normal((t, n)).astype(np.float32)
     tol = 1e-5 * (np.abs(dense).sum(axis=1).max() * np.abs(x).max())  # relative to |W||x|
-    np.testing.assert_allclose(Q.matvec(w, qtype, (rows, n), x[-1]), dense @ x[-1], rtol=0, atol=tol)
-    np.testing.assert_allclose(Q.matmul(w, qtype, (rows, n), x), x @ dense.T, rtol=0, atol=tol)
+    mv, mm = float_twins(w, qtype, x)
+    np.testing.assert_allclose(mv, dense @ x[-1], rtol=0, atol=tol)
+    np.testing.assert_allclose(mm, x @ dense.T, rtol=0, atol=tol)
 
 
 def test_kernels_refuse_mismatched_shapes():
     qt = Q.get(T.Q4_0)
+    matvec, matmul = FLOAT_KERNELS[T.Q4_0]
     w = np.zeros((4, 36), np.uint8)  # 4 rows of 2 blocks = 64 values
     with pytest.raises(ValueError, match="matvec"):
-        qt.matvec(np.empty(4, np.float32), w, np.zeros(96, np.float32))
+        matvec(np.empty(4, np.float32), w, np.zeros(96, np.float32))
     with pytest.raises(ValueError, match="matmul"):
-        qt.matmul(np.empty((2, 4), np.float32), w, np.zeros((2, 32), np.float32))
+        matmul(np.empty((2, 4), np.float32), w, np.zeros((2, 32), np.float32))
     with pytest.raises(ValueError, match="dequantize"):
         qt.dequantize(np.empty(63, np.float32), w.reshape(-1))
     with pytest.raises(ValueError, match="not a multiple of 32"):
@@ -147,7 +160,8 @@ def test_real_model_tensors(smollm2_path):
             assert_same_floats(Q.dequantize(t.data, t.type, t.shape), dense)
             x = rng.standard_normal((3, t.shape[1])).astype(np.float32)
             tol = 1e-5 * np.abs(dense).sum(axis=1).max() * np.abs(x).max()
-            np.testing.assert_allclose(Q.matvec(w, t.type, t.shape, x[0]), dense @ x[0], rtol=0, atol=tol)
-            np.testing.assert_allclose(Q.matmul(w, t.type, t.shape, x), x @ dense.T, rtol=0, atol=tol)
+            mv, mm = float_twins(w, t.type, x)
+            np.testing.assert_allclose(mv, dense @ x[-1], rtol=0, atol=tol)
+            np.testing.assert_allclose(mm, x @ dense.T, rtol=0, atol=tol)
             # requantizing what the file holds gives back the file's bytes
             np.testing.assert_array_equal(Q.quantize(dense, T.Q4_1)[:64], w[:64])

@@ -108,7 +108,8 @@ def attend(q, k, v, scale, window):
     return out.reshape(t, -1)
 
 
-def reference_logits(arch, W, ids):
+def reference_logits(arch, W, ids, q8_activations=False):
+    """float64 logits; q8_activations: round what enters a legacy-quantized matrix to Q8_0."""
     W = {k: v.astype(np.float64) for k, v in W.items()}
     gelu = lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
     silu = lambda x: x / (1 + np.exp(-x))
@@ -139,7 +140,20 @@ def reference_logits(arch, W, ids):
             f = rms(f, W[p + "post_ffw_norm.weight"])
         x = x + f
     out = W.get("output.weight", W["token_embd.weight"])
-    return rms(x, W["output_norm.weight"]) @ out.T
+    h = rms(x, W["output_norm.weight"])
+    if q8_activations and "output.weight" not in W:
+        h = q8_rounded(h)  # the tied output matrix is the Q8_0 token_embd
+    return h @ out.T
+
+
+def q8_rounded(h):
+    """h (t, n) as llama.cpp's CPU backend (and ours) feeds it to a Q4_0..Q8_0 matrix: per 32
+    values, d = f16(amax / 127) and q = round-half-even(h * 127 / amax) (quant/legacy_int8.py)."""
+    b = h.astype(np.float32).reshape(len(h), -1, 32)
+    amax = np.abs(b).max(axis=-1, keepdims=True)
+    inverse = np.where(amax > 0, np.float32(127) / np.maximum(amax, np.float32(1e-30)), 0).astype(np.float32)
+    d = (amax / np.float32(127)).astype(np.float16).astype(np.float64)
+    return (np.rint(b * inverse) * d).reshape(h.shape)
 
 
 IDS = [5, 17, 3, 60, 22, 22, 9, 41, 0, 63, 12]
@@ -159,7 +173,7 @@ def test_logits_match_float64_reference(model):
     eng = Engine.load(path, n_ctx=32)
     assert eng.cfg.arch == arch and eng.cfg.n_vocab == N_VOCAB
     got = eng.logits(IDS)
-    want = reference_logits(arch, W, IDS)
+    want = reference_logits(arch, W, IDS, q8_activations=True)
     assert got.shape == (len(IDS), N_VOCAB) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=2e-4 * np.abs(want).max())
     assert eng.n_past == len(IDS)

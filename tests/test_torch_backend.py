@@ -5,6 +5,7 @@ the float64 numpy forward of tests/test_runtime_engine.py and the Numba cpu back
 tiny llama/qwen2/gemma3 models; the cpu backend's argmax and llama.cpp's recorded perplexity
 (../shared/reference) for SmolLM2; the numpy sampler for sampling on tensors.
 """
+import dataclasses
 import gc
 import json
 import math
@@ -20,7 +21,8 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
 from lanternlm import cli
 from lanternlm.formats.writer import write_gguf
-from lanternlm.quant import dequantize, quantize
+from lanternlm.quant import QTYPES, dequantize, quantize
+from lanternlm.quant.legacy import FLOAT_KERNELS
 from lanternlm.runtime.backends import BackendError, BackendUnavailableError, get_backend
 from lanternlm.runtime.backends import torch_backend
 from lanternlm.runtime.backends.torch_dequant import DEQUANTIZERS, dequantize_rows
@@ -162,10 +164,19 @@ def test_inputs_of_programs_bound_per_call_are_released(tiny):
     assert len(eng.backend._inputs) == held == 2              # the decode program's ids and positions
 
 
+def float_activation_kernels(monkeypatch):
+    """Register the legacy types' float-activation twins: the registered CPU kernels round the
+    activations to Q8 first, as llama.cpp does (quant/legacy_int8.py), which torch does not."""
+    for qtype, (matvec, matmul) in FLOAT_KERNELS.items():
+        monkeypatch.setitem(QTYPES, qtype, dataclasses.replace(QTYPES[qtype], matvec=matvec, matmul=matmul))
+
+
 def test_tiny_quantized_weights_match_dense_and_cpu_backend(tiny, monkeypatch):
     _, d, _ = tiny
     path = d / "quant.gguf"
-    want = Engine.load(path, n_ctx=32).logits(IDS)                          # Numba, on the blocks
+    with monkeypatch.context() as m:
+        float_activation_kernels(m)
+        want = Engine.load(path, n_ctx=32).logits(IDS)                      # Numba, on the blocks
     dense = Engine.load(path, n_ctx=32, backend="torch", device="cpu").logits(IDS)
     monkeypatch.setattr(torch_backend, "CHUNK_ELEMENTS", 64 * 7)            # several row chunks
     eng = Engine.load(path, n_ctx=32, backend="torch", device="cpu", weights="quantized")
@@ -216,7 +227,8 @@ def _teacher_forced_agreement(torch_model, cpu_engine, reference):
     return agree, total
 
 
-def test_smollm2_argmax_agrees_with_cpu_backend(smol_torch, smollm2_path, reference):
+def test_smollm2_argmax_agrees_with_cpu_backend(smol_torch, smollm2_path, reference, monkeypatch):
+    float_activation_kernels(monkeypatch)
     cpu = Engine.load(smollm2_path, n_ctx=512, n_batch=256)
     agree, total = _teacher_forced_agreement(smol_torch, cpu, reference)
     assert total == 128
