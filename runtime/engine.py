@@ -1,6 +1,6 @@
 """The engine: a GGUF file in, logits out, with the KV cache kept between calls.
 
-    eng = Engine.load(path, n_ctx=2048, threads=None, n_batch=512)
+    eng = Engine.load(path, n_ctx=2048, threads=None, n_batch=512, kv_type="f16")
     logits = eng.eval(prompt_ids)        # f32 (n_vocab,): the last token's logits
     logits = eng.eval([next_id])         # appends at position eng.n_past
     eng.truncate(n); eng.reset()         # drop cached tokens past n / all of them
@@ -32,7 +32,8 @@ class ContextFullError(ValueError):
 
 class Engine:
     def __init__(self, gguf_file, n_ctx: int = 2048, threads: int | None = None, n_batch: int = 512,
-                 backend: str = "cpu", device: str | None = None, weights: str | None = None):
+                 backend: str = "cpu", device: str | None = None, weights: str | None = None,
+                 kv_type: str = "f16"):
         if n_ctx < 1 or n_batch < 1:
             raise ValueError(f"n_ctx and n_batch must be positive, got n_ctx={n_ctx}, n_batch={n_batch}")
         if threads is not None:
@@ -46,7 +47,10 @@ class Engine:
         self.threads = numba.get_num_threads()
 
         backend_cls = get_backend(backend, device=device, weights=weights)  # see runtime.backends
-        self.kv = KVCache.for_config(self.cfg, n_ctx, zeros=backend_cls.zeros)
+        # kv_type: the cache's element type, "f16" (llama.cpp's default --cache-type-k/v) or "f32";
+        # a backend without `kv_dtype` keeps its cache in its own float type
+        kv_dtype = backend_cls.kv_dtype(kv_type) if hasattr(backend_cls, "kv_dtype") else np.float32
+        self.kv = KVCache.for_config(self.cfg, n_ctx, zeros=backend_cls.zeros, dtype=kv_dtype)
         self.backend = backend_cls(gguf_file.tensors, self.kv)
         arch = get_architecture(self.cfg.arch)
         shapes = {name: tuple(int(d) for d in ref.shape) for name, ref in gguf_file.tensors.items()}

@@ -59,8 +59,9 @@ def test_logits_match_transformers(converted, case):
     from lanternlm.runtime.engine import Engine
 
     ckpt, _, path = converted(case)
-    # f32 weights: the engine computes in float32 throughout, as transformers does
-    engine = Engine.load(path, n_ctx=128)
+    # f32 weights and an f32 KV cache: the engine computes in float32 throughout, as transformers
+    # does (the default f16 cache, llama.cpp's, would round keys and values)
+    engine = Engine.load(path, n_ctx=128, kv_type="f32")
     for text in LOGIT_TEXTS:
         ids = ckpt.tokenizer.encode(text)
         ref = hf_logits(ckpt, ids)

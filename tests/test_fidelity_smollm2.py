@@ -4,12 +4,13 @@ Teacher forcing: each prompt plus llama.cpp's 32 greedy tokens goes through one 
 and at each generation step our argmax and our logits for llama.cpp's top-8 tokens are compared
 with what llama.cpp saw. Perplexity over 256 tokens of an essay is compared per position.
 
-Why not bit-identical: llama.cpp quantizes every matmul input to 8 bits (Q8_1 blocks for Q4_1
-weights) and keeps an f16 KV cache; we multiply float32 activations by the dequantized weights
-(our logits match a float64 forward pass to ~1e-5). That rounding moves llama.cpp's logits by
-~0.18 on average -- llama.cpp's own batched evaluation differs from its token-by-token reference
-by 0.13 and disagrees on 2 of the 128 greedy steps -- so argmax agreement is checked as "nearly
-all, and every disagreement is a near-tie in llama.cpp's own logits".
+Why not bit-identical: the matmuls are (activations quantized to Q8_0/Q8_1, integer block dots,
+as llama.cpp), and the KV cache is f16 with the query rounded to f16 for the K.Q dots, as in
+llama.cpp's non-flash attention; what remains is summation order (SIMD lanes, threads) in
+attention and the rest, which moves logits by ~0.17 on average over the top 8 -- llama.cpp's own
+batched evaluation differs from its token-by-token reference by 0.13 and disagrees on 2 of the
+128 greedy steps. So argmax agreement is checked as "at least 99%, and every disagreement is a
+near-tie in llama.cpp's own logits".
 """
 import numpy as np
 import pytest
@@ -43,7 +44,7 @@ def test_teacher_forced_greedy_matches_llama_cpp(engine, reference):
                 ties.append(top8[0][1] - top8[1][1])  # llama.cpp's own margin at that step
             top8_diffs += [abs(float(row[tok]) - logit) for tok, logit in top8]
     assert total == 128
-    assert agree / total >= 0.95, f"argmax agrees at {agree}/{total} steps"
+    assert agree / total >= 0.99, f"argmax agrees at {agree}/{total} steps"
     assert all(gap < NEAR_TIE for gap in ties), f"disagreements at llama.cpp margins {ties}"
     assert np.mean(top8_diffs) <= 0.25, f"mean |logit difference| over top-8: {np.mean(top8_diffs):.3f}"
 

@@ -150,9 +150,42 @@ def test_attention_gqa_causal_chunk_after_cache(window, driver):
     kc[:, n_past + t:] = 1e6  # stale entries past the sequence must never be read
     out = np.empty((t, n_head * dv), np.float32)
     fn = K.attention if driver == "serial" else K.attention_parallel
-    fn(out, q, kc, vc, pos, np.float32(0.25), window)
+    fn(out, q, kc, vc, pos, np.float32(0.25), window, K.attention_scratch(kc))
     want = attention_reference(q, k_all, v_all, pos, n_head, n_head_kv, 0.25, window)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+def half(a):
+    return a.astype(np.float16).astype(np.float32)
+
+
+@pytest.mark.parametrize("window", [0, 5])
+@pytest.mark.parametrize("driver", ["serial", "parallel"])
+def test_attention_f16_cache_rounds_keys_values_and_query_like_llama_cpp(window, driver):
+    """An f16 cache holds numpy's half rounding of K and V, and the query is rounded to half for
+    the K.Q dots (llama.cpp's non-flash path); the softmax weights stay float32."""
+    n_head, n_head_kv, dk, dv, n_ctx = 4, 2, 16, 8, 32
+    k_all = randn(12, n_head_kv * dk, scale=3.0)
+    v_all = randn(12, n_head_kv * dv)
+    k_all[0, 0] = 1e-6  # a half subnormal
+    q = randn(4, n_head * dk, scale=3.0)
+    kc = np.zeros((n_head_kv, n_ctx, dk), np.uint16)
+    vc = np.zeros((n_head_kv, n_ctx, dv), np.uint16)
+    pos = np.arange(8, 12)
+    K.kv_store(kc, vc, k_all[:8], v_all[:8], np.arange(8))
+    K.kv_store(kc, vc, k_all[8:], v_all[8:], pos)
+    kh = kc[:, :12].view(np.float16).astype(np.float32).transpose(1, 0, 2).reshape(12, -1)
+    np.testing.assert_array_equal(kh, half(k_all))
+    np.testing.assert_array_equal(vc[:, :12].transpose(1, 0, 2).reshape(12, -1),
+                                  half(v_all).astype(np.float16).view(np.uint16))
+    out = np.empty((4, n_head * dv), np.float32)
+    fn = K.attention if driver == "serial" else K.attention_parallel
+    fn(out, q, kc, vc, pos, np.float32(0.25), window, K.attention_scratch(kc))
+    want = attention_reference(half(q), half(k_all), half(v_all), pos, n_head, n_head_kv, 0.25, window)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    # unrounded queries give a different answer: the rounding is really there
+    exact = attention_reference(q, half(k_all), half(v_all), pos, n_head, n_head_kv, 0.25, window)
+    assert np.abs(want - exact).max() > 1e-4
 
 
 def test_attention_single_key_returns_its_value():
@@ -161,7 +194,7 @@ def test_attention_single_key_returns_its_value():
     K.kv_store(kc, vc, np.array([[1.0, 2.0, 3.0]], np.float32), np.array([[5.0, -7.0]], np.float32),
                np.array([0]))
     out = np.empty((1, 4), np.float32)
-    K.attention(out, randn(1, 6, scale=50.0), kc, vc, np.array([0]), np.float32(1.0), 0)
+    K.attention(out, randn(1, 6, scale=50.0), kc, vc, np.array([0]), np.float32(1.0), 0, K.attention_scratch(kc))
     np.testing.assert_array_equal(out, [[5.0, -7.0, 5.0, -7.0]])
 
 

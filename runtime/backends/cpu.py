@@ -41,15 +41,24 @@ def _get_rows(table, ids, gathered, dequantize, out_flat, gathered_flat):
     dequantize(out_flat, gathered_flat)
 
 
-def _attention_one_query(out, q, k_cache, v_cache, pos, scale, window):
+def _attention_one_query(out, q, k_cache, v_cache, pos, scale, window, scratch):
     """Decode-time attention: serial while the context is short, parallel over heads after."""
     keys = pos[0] + 1 if window <= 0 else min(pos[0] + 1, window)
     fn = K.attention_parallel if keys >= ATTENTION_PARALLEL_MIN_KEYS else K.attention
-    fn(out, q, k_cache, v_cache, pos, scale, window)
+    fn(out, q, k_cache, v_cache, pos, scale, window, scratch)
 
 
 class CpuBackend:
     name = "cpu"
+    # KV cache element type per `kv_type`: "f16" keeps IEEE half bits (what llama.cpp's default
+    # f16 cache holds, and half the memory), "f32" full floats
+    KV_DTYPES = {"f16": np.uint16, "f32": np.float32}
+
+    @classmethod
+    def kv_dtype(cls, kv_type: str):
+        if kv_type not in cls.KV_DTYPES:
+            raise ValueError(f"unknown KV cache type {kv_type!r}; the cpu backend has {sorted(cls.KV_DTYPES)}")
+        return cls.KV_DTYPES[kv_type]
 
     def __init__(self, tensors: Mapping, kv: KVCache):
         self.tensors = tensors
@@ -57,6 +66,7 @@ class CpuBackend:
         self._rows: dict[str, np.ndarray] = {}
         self._vectors: dict[str, np.ndarray] = {}
         self._rope: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._attention_scratch: dict[tuple, np.ndarray] = {}
 
     # ---- memory ----------------------------------------------------------------------------
     @staticmethod
@@ -105,6 +115,14 @@ class CpuBackend:
             self._rope[key] = rope_cos_sin(self.kv.n_ctx, n_rot, base, freq_scale)
         return self._rope[key]
 
+    def attention_scratch(self, k_cache: np.ndarray) -> np.ndarray:
+        """Attention's per-thread work rows for caches shaped like `k_cache`, shared by every
+        layer and program (the ops run one at a time)."""
+        key = k_cache.shape[1:]
+        if key not in self._attention_scratch:
+            self._attention_scratch[key] = K.attention_scratch(k_cache)
+        return self._attention_scratch[key]
+
     # ---- binding ---------------------------------------------------------------------------
     def bind(self, node: Node, out: np.ndarray, srcs: tuple[np.ndarray, ...], t: int) -> list[Call]:
         """The kernel calls computing `node` for `t` tokens into `out` from `srcs` (array views)."""
@@ -145,7 +163,7 @@ def _bind_attention(be: CpuBackend, node, out, srcs, t):
         raise BackendError(f"layer {layer}: KV cache {kc.shape} does not fit the attention node")
     attend = K.attention_parallel if t > 1 else _attention_one_query
     return [(K.kv_store, (kc, vc, k, v, pos)),
-            (attend, (out, q, kc, vc, pos, np.float32(p["scale"]), p["window"]))]
+            (attend, (out, q, kc, vc, pos, np.float32(p["scale"]), p["window"], be.attention_scratch(kc)))]
 
 
 _BINDERS: dict[Op, Callable] = {

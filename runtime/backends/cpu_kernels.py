@@ -11,11 +11,18 @@ has a parallel driver over (token, head) pairs as well.
 from __future__ import annotations
 
 import math
+import platform
 
+import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import binding as llvm
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
 
-# Online softmax starts from this instead of -inf so fastmath's no-infinities assumption holds.
+from ...quant.float_bits import f16_bits_to_f32, f32_to_f16_bits, round_to_f16
+
+# The running maximum starts from this instead of -inf so fastmath's no-infinities assumption holds.
 _NEG_BIG = np.float32(-3.0e38)
 _GELU_C = np.float32(math.sqrt(2.0 / math.pi))  # tanh approximation of GELU, as ggml
 _GELU_A = np.float32(0.044715)
@@ -125,12 +132,83 @@ def last_row(out, x):
         out[0, i] = x[t, i]
 
 
+# ---- KV cache and attention -----------------------------------------------------------------
+# The cache holds keys and values as IEEE half bits (uint16, llama.cpp's default f16 cache) or
+# as float32. The helpers below are resolved at compile time from the cache's dtype, so one
+# attention kernel serves both. With a half cache it follows llama.cpp's non-flash path where
+# that was measured to matter: keys and values rounded to f16 when stored, the query rounded to
+# f16 for the K.Q dots (ggml converts it to the cache's type), products summed in float32. The
+# softmax weights stay float32 for the V dots: rounding them to f16 as well (as ggml does) moved
+# SmolLM2's greedy agreement with llama.cpp from 127/128 down to 125/128, so it is left out.
+# With a float32 cache nothing is rounded.
+
+def _host_widens_half_natively() -> bool:
+    """True where LLVM turns half -> float into one instruction (x86 F16C, 64-bit ARM); elsewhere
+    it would call a runtime helper the JIT may not provide, so the bit-level widening is used."""
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return True
+    try:
+        return bool(llvm.get_host_cpu_features().get("f16c", False))
+    except RuntimeError:
+        return False
+
+
+@intrinsic
+def _half_bits_to_f32_native(typingctx, h):
+    """uint16 half bits -> float32 by LLVM's exact fpext (vcvtph2ps with F16C; vectorizes)."""
+    if h != types.uint16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(types.uint16), codegen
+
+
+_half_bits_to_f32 = _half_bits_to_f32_native if _host_widens_half_natively() else f16_bits_to_f32
+
+
+def kv_load(x):
+    """A cache element as float32 (Numba only)."""
+
+
+@overload(kv_load, inline="always")
+def _kv_load(x):
+    if x == types.uint16:
+        return lambda x: _half_bits_to_f32(x)
+    return lambda x: np.float32(x)
+
+
+def kv_encode(cache, x):
+    """float32 `x` as an element of `cache`: half bits (round to nearest even) or itself."""
+
+
+@overload(kv_encode, inline="always")
+def _kv_encode(cache, x):
+    if cache.dtype == types.uint16:
+        return lambda cache, x: np.uint16(f32_to_f16_bits(x))
+    return lambda cache, x: np.float32(x)
+
+
+def kv_operand(cache, x):
+    """float32 `x` rounded to the precision of `cache`'s elements, as float32: the query as the
+    other operand of a dot with the keys (ggml converts it to the cache's type first)."""
+
+
+@overload(kv_operand, inline="always")
+def _kv_operand(cache, x):
+    if cache.dtype == types.uint16:
+        return lambda cache, x: round_to_f16(x)
+    return lambda cache, x: np.float32(x)
+
+
 @njit(cache=True)
 def kv_store(k_cache, v_cache, k, v, pos):
-    """Write each token's keys and values at its position.
+    """Write each token's keys and values at its position, in the cache's element type.
 
-    k_cache: f32 (n_head_kv, n_ctx, head_dim); v_cache: f32 (n_head_kv, n_ctx, head_dim_v);
-    k: f32 (T, n_head_kv * head_dim); v: f32 (T, n_head_kv * head_dim_v); pos: int64 (T,).
+    k_cache: u16 (half bits) or f32 (n_head_kv, n_ctx, head_dim); v_cache: same dtype
+    (n_head_kv, n_ctx, head_dim_v); k: f32 (T, n_head_kv * head_dim);
+    v: f32 (T, n_head_kv * head_dim_v); pos: int64 (T,).
     """
     dk = k_cache.shape[2]
     dv = v_cache.shape[2]
@@ -138,72 +216,85 @@ def kv_store(k_cache, v_cache, k, v, pos):
         p = pos[t]
         for h in range(k_cache.shape[0]):
             for d in range(dk):
-                k_cache[h, p, d] = k[t, h * dk + d]
+                k_cache[h, p, d] = kv_encode(k_cache, k[t, h * dk + d])
             for d in range(dv):
-                v_cache[h, p, d] = v[t, h * dv + d]
+                v_cache[h, p, d] = kv_encode(v_cache, v[t, h * dv + d])
+
+
+def attention_scratch(k_cache, threads: int = 0) -> np.ndarray:
+    """The work rows `attention` needs: f32 (threads, head_dim + n_ctx), one per Numba thread
+    (all of them by default), each holding one query head and its scores while in use."""
+    rows = threads or numba.config.NUMBA_NUM_THREADS
+    return np.empty((rows, k_cache.shape[2] + k_cache.shape[1]), dtype=np.float32)
 
 
 @njit(cache=True, fastmath=_FAST)
-def _attend(out, q, k_cache, v_cache, t, h, p, scale, window):
+def _attend(out, q, k_cache, v_cache, work, t, h, p, scale, window):
     """out[t, head h] = sum over visible keys j of softmax_j(q . k_j * scale) * v_j.
 
-    Visible: j <= p (causal) and p - j < window when window > 0. One pass over the keys with a
-    running maximum (online softmax): the accumulator is rescaled whenever the maximum grows,
-    so no score buffer is needed.
+    Visible: j <= p (causal) and p - j < window when window > 0. work: f32 (head_dim + n_ctx,),
+    this thread's row of the scratch: the query head in the cache's precision, then the scores.
+    The softmax is taken over the stored scores (max, exp, sum in float64, scale by 1/sum) as
+    ggml's soft_max does.
     """
     dk = k_cache.shape[2]
     dv = v_cache.shape[2]
     kvh = h // (q.shape[1] // dk // k_cache.shape[0])  # GQA: consecutive query heads share a KV head
     lo = 0 if window <= 0 else max(0, p - window + 1)
-    qh = q[t, h * dk:(h + 1) * dk]
-    acc = out[t, h * dv:(h + 1) * dv]
+    n = p + 1 - lo
+    qh = work[:dk]
+    scores = work[dk:dk + n]
+    for d in range(dk):
+        qh[d] = kv_operand(k_cache, q[t, h * dk + d])
     keys = k_cache[kvh]
     values = v_cache[kvh]
-    acc[:] = 0.0
     m = _NEG_BIG
-    l = np.float32(0.0)
-    for j in range(lo, p + 1):
-        kj = keys[j]
+    for i in range(n):
+        kj = keys[lo + i]
         s = np.float32(0.0)
         for d in range(dk):
-            s += qh[d] * kj[d]
+            s += qh[d] * kv_load(kj[d])
         s *= scale
+        scores[i] = s
         if s > m:
-            c = np.exp(m - s)
-            l *= c
-            for d in range(dv):
-                acc[d] *= c
             m = s
-        e = np.exp(s - m)
-        l += e
-        vj = values[j]
+    total = 0.0
+    for i in range(n):
+        e = np.exp(scores[i] - m)
+        scores[i] = e
+        total += e
+    inv = np.float32(1.0 / total)
+    acc = out[t, h * dv:(h + 1) * dv]
+    acc[:] = 0.0
+    for i in range(n):
+        w = scores[i] * inv
+        vj = values[lo + i]
         for d in range(dv):
-            acc[d] += e * vj[d]
-    inv = np.float32(1.0) / l
-    for d in range(dv):
-        acc[d] *= inv
+            acc[d] += w * kv_load(vj[d])
 
 
 @njit(cache=True)
-def attention(out, q, k_cache, v_cache, pos, scale, window):
+def attention(out, q, k_cache, v_cache, pos, scale, window, scratch):
     """Causal multi-head attention of T queries over the cache (serial driver).
 
     out: f32 (T, n_head * head_dim_v); q: f32 (T, n_head * head_dim);
-    k_cache, v_cache: f32 (n_head_kv, n_ctx, head_dim[_v]), already holding these tokens' keys;
-    pos: int64 (T,) query positions; scale: f32; window: int (0 = unlimited).
+    k_cache, v_cache: u16 half bits or f32 (n_head_kv, n_ctx, head_dim[_v]), already holding
+    these tokens' keys; pos: int64 (T,) query positions; scale: f32; window: int (0 = unlimited);
+    scratch: f32 (threads, head_dim + n_ctx) from `attention_scratch` (row 0 is used).
     """
     n_head = q.shape[1] // k_cache.shape[2]
     s32 = np.float32(scale)
     for t in range(q.shape[0]):
         for h in range(n_head):
-            _attend(out, q, k_cache, v_cache, t, h, pos[t], s32, window)
+            _attend(out, q, k_cache, v_cache, scratch[0], t, h, pos[t], s32, window)
 
 
 @njit(cache=True, parallel=True)
-def attention_parallel(out, q, k_cache, v_cache, pos, scale, window):
-    """As `attention`, one (token, head) pair per parallel task."""
+def attention_parallel(out, q, k_cache, v_cache, pos, scale, window, scratch):
+    """As `attention`, one (token, head) pair per parallel task, each thread on its scratch row."""
     n_head = q.shape[1] // k_cache.shape[2]
     s32 = np.float32(scale)
     for item in prange(q.shape[0] * n_head):
         t = item // n_head
-        _attend(out, q, k_cache, v_cache, t, item - t * n_head, pos[t], s32, window)
+        _attend(out, q, k_cache, v_cache, scratch[numba.get_thread_id()], t, item - t * n_head,
+                pos[t], s32, window)
