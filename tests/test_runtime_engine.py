@@ -168,9 +168,20 @@ def model(request, tmp_path_factory):
     return arch, path, stored
 
 
+def test_default_f16_kv_cache_holds_half_bits_and_stays_near_the_reference(model):
+    arch, path, W = model
+    eng = Engine.load(path, n_ctx=32)  # kv_type="f16", llama.cpp's default cache type
+    assert eng.kv.k[0].dtype == np.uint16 and eng.kv.nbytes == Engine.load(path, n_ctx=32, kv_type="f32").kv.nbytes // 2
+    got = eng.logits(IDS)
+    want = reference_logits(arch, W, IDS, q8_activations=True)
+    np.testing.assert_allclose(got, want, atol=2e-2 * np.abs(want).max())
+    with pytest.raises(ValueError, match="KV cache type 'q4'"):
+        Engine.load(path, n_ctx=32, kv_type="q4")
+
+
 def test_logits_match_float64_reference(model):
     arch, path, W = model
-    eng = Engine.load(path, n_ctx=32)
+    eng = Engine.load(path, n_ctx=32, kv_type="f32")  # the reference keeps keys and values unrounded
     assert eng.cfg.arch == arch and eng.cfg.n_vocab == N_VOCAB
     got = eng.logits(IDS)
     want = reference_logits(arch, W, IDS, q8_activations=True)

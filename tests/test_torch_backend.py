@@ -176,7 +176,8 @@ def test_tiny_quantized_weights_match_dense_and_cpu_backend(tiny, monkeypatch):
     path = d / "quant.gguf"
     with monkeypatch.context() as m:
         float_activation_kernels(m)
-        want = Engine.load(path, n_ctx=32).logits(IDS)                      # Numba, on the blocks
+        # Numba, on the blocks, with an f32 KV cache like the torch backend's
+        want = Engine.load(path, n_ctx=32, kv_type="f32").logits(IDS)
     dense = Engine.load(path, n_ctx=32, backend="torch", device="cpu").logits(IDS)
     monkeypatch.setattr(torch_backend, "CHUNK_ELEMENTS", 64 * 7)            # several row chunks
     eng = Engine.load(path, n_ctx=32, backend="torch", device="cpu", weights="quantized")
