@@ -8,9 +8,10 @@ What llama.cpp's CPU backend computes for the legacy types, on this machine's bu
     quantizer) with each activation row quantized by `from_float`: out[t, rows] as the hex of
     its little-endian float32 bytes.
 
-It needs llama-cpp-python (for ggml's shared libraries) and numpy:
+It needs llama-cpp-python (for ggml's shared libraries) and numpy; run it with a Python that
+has llama-cpp-python installed (a scratch venv, never the project's):
 
-    /work/scratch/llvenv/bin/python tests/data/make_legacy_int8_fixtures.py
+    python tests/data/make_legacy_int8_fixtures.py
     python tests/data/make_legacy_int8_fixtures.py --lib-dir /path/to/llama_cpp/lib
 
 Inputs are rebuilt from seeds by quant_inputs.make_input; the fixture keeps their sha256.
