@@ -9,7 +9,7 @@ cached per word: natural text repeats its words a lot.
 from __future__ import annotations
 
 
-from .pair_merge import merge_pairs
+from .pair_merge import encode_pieces, merge_pairs
 from .pretokenize import PreTokenizer
 
 
@@ -30,7 +30,6 @@ BYTE_ALPHABET = _gpt2_byte_alphabet()
 _LATIN1_TO_ALPHABET = {b: ch for b, ch in enumerate(BYTE_ALPHABET)}
 _ALPHABET_TO_BYTE = {ch: b for b, ch in enumerate(BYTE_ALPHABET)}
 
-_CACHE_LIMIT = 1 << 16   # words; cleared wholesale when full (cheap, and rarely reached)
 
 
 def byte_encode(text: str) -> str:
@@ -68,16 +67,7 @@ class BPEModel:
         self._cache: dict[str, tuple[int, ...]] = {}
 
     def encode(self, text: str) -> list[int]:
-        out: list[int] = []
-        cache = self._cache
-        for word in self.pre.split(text):
-            ids = cache.get(word)
-            if ids is None:
-                if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                ids = cache[word] = self._word_ids(word)
-            out.extend(ids)
-        return out
+        return encode_pieces(self.pre.split(text), self._cache, self._word_ids)
 
     def _word_ids(self, word: str) -> tuple[int, ...]:
         encoded = byte_encode(word)

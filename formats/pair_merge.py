@@ -1,4 +1,5 @@
-"""Greedy merging of adjacent symbols: the loop both BPE and SentencePiece-style tokenizers run.
+"""What the BPE and SentencePiece-style tokenizers share: greedy merging of adjacent symbols,
+and a memo of the ids of each word (or piece) already encoded.
 
 The symbols of one word sit in a doubly linked list; every adjacent pair the vocabulary knows
 is queued with its priority, and the best pair (smallest priority, then leftmost) is merged
@@ -8,7 +9,25 @@ it is recognised by comparing the two texts it was queued with, and skipped.
 from __future__ import annotations
 
 import heapq
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
+
+MEMO_LIMIT = 1 << 16   # entries; the memo is cleared wholesale when full (cheap, rarely reached)
+
+
+def encode_pieces(pieces: Iterable[str], memo: dict[str, tuple[int, ...]],
+                  piece_ids: Callable[[str], tuple[int, ...]]) -> list[int]:
+    """The ids of each non-empty piece in turn, computing each distinct piece once."""
+    out: list[int] = []
+    for piece in pieces:
+        if not piece:
+            continue
+        ids = memo.get(piece)
+        if ids is None:
+            if len(memo) >= MEMO_LIMIT:
+                memo.clear()
+            ids = memo[piece] = piece_ids(piece)
+        out.extend(ids)
+    return out
 
 
 def merge_pairs(symbols: list[str], priority: Callable[[str, str], Optional[float]]) -> list[str]:

@@ -17,10 +17,9 @@ import functools
 import re
 from typing import Iterable
 
-from .pair_merge import merge_pairs
+from .pair_merge import encode_pieces, merge_pairs
 
 ESCAPED_SPACE = "\u2581"   # '▁'
-_CACHE_LIMIT = 1 << 16
 
 
 def _cut_pattern(tokens: Iterable[str]) -> re.Pattern:
@@ -57,18 +56,7 @@ class SPMModel:
         return tid
 
     def encode(self, escaped: str) -> list[int]:
-        out: list[int] = []
-        cache = self._cache
-        for piece in self._cut.split(escaped):
-            if not piece:
-                continue
-            ids = cache.get(piece)
-            if ids is None:
-                if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                ids = cache[piece] = self._piece_ids(piece)
-            out.extend(ids)
-        return out
+        return encode_pieces(self._cut.split(escaped), self._cache, self._piece_ids)
 
     def _piece_ids(self, piece: str) -> tuple[int, ...]:
         ids: list[int] = []
