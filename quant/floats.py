@@ -2,10 +2,11 @@
 
 Numba has no float16 or bfloat16 scalars, so the conversions here work on bit patterns
 (uint16 <-> float32 bits through an LLVM bitcast). They reproduce numpy exactly:
-`half_to_float` is the exact widening (NaN payloads kept), `float_to_half` rounds to nearest
+`half_to_float` is the exact widening (NaN payloads kept; float_bits.f16_bits_to_f32, the one
+every family uses), `float_to_half` rounds to nearest
 even the way `ndarray.astype(np.float16)` does, and `float_to_bf16` is ggml's rounding
 (round to nearest even, NaN forced quiet) that `gguf.quants.quantize` uses. The legacy and
-other block families read their f16 scales with `half_at`.
+other block families read their f16 scales with `float_bits.f16_at`.
 
 Kernels follow quant/registry.py: dequantize(out, blocks), matvec(out, w, x),
 matmul(out, w, x); the element readers are specialised from one template each.
@@ -18,6 +19,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from .float_bits import f16_bits_to_f32 as half_to_float
 from .kernel_kit import DOT_FASTMATH, make_matmul, specialize
 from .registry import QuantType, register
 
@@ -49,27 +51,6 @@ def bits_of_f32(typingctx, value):
         return builder.bitcast(args[0], ir.IntType(32))
 
     return types.uint32(types.float32), codegen
-
-
-@njit(cache=True)
-def half_to_float(h):
-    """IEEE half bits (integer 0..65535) -> float32, exactly (NaN payload kept, like numpy)."""
-    h = np.int64(h)
-    exponent = h & 0x7C00
-    magnitude = (h & 0x7FFF) << 13
-    if exponent == 0:  # zero or subnormal: mantissa * 2**-24 is a normal float32, exact
-        magnitude = np.int64(bits_of_f32(np.float32(h & 0x3FF) * np.float32(2.0 ** -24)))
-    elif exponent == 0x7C00:  # inf or NaN: all exponent bits set, mantissa kept
-        magnitude |= 0x7F800000
-    else:
-        magnitude += 112 << 23  # rebias the exponent from 15 to 127
-    return f32_from_bits(((h & 0x8000) << 16) | magnitude)
-
-
-@njit(cache=True)
-def half_at(b, i):
-    """The little-endian half stored at b[i], b[i+1] (b: u8 array) as float32."""
-    return half_to_float(np.uint32(b[i]) | (np.uint32(b[i + 1]) << np.uint32(8)))
 
 
 @njit(cache=True)

@@ -27,7 +27,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 from numba import njit, prange
 
-from .floats import half_at
+from .float_bits import f16_at
 from .kernel_kit import DOT_FASTMATH, make_matmul, opaque, specialize
 from .legacy_int8 import INT8_KERNELS
 from .legacy_quantize import QUANTIZERS
@@ -57,7 +57,7 @@ def _u32_at(b, i):
 
 @njit(cache=True, inline="always")
 def _decode_q4_0(out, blk):
-    d = half_at(blk, 0)
+    d = f16_at(blk, 0)
     for j in range(opaque(16)):
         q = np.int32(blk[2 + j])
         out[j] = d * np.float32((q & 0xF) - 8)
@@ -66,8 +66,8 @@ def _decode_q4_0(out, blk):
 
 @njit(cache=True, inline="always")
 def _decode_q4_1(out, blk):
-    d = half_at(blk, 0)
-    m = half_at(blk, 2)
+    d = f16_at(blk, 0)
+    m = f16_at(blk, 2)
     for j in range(opaque(16)):
         q = np.int32(blk[4 + j])
         out[j] = d * np.float32(q & 0xF) + m
@@ -76,7 +76,7 @@ def _decode_q4_1(out, blk):
 
 @njit(cache=True, inline="always")
 def _decode_q5_0(out, blk):
-    d = half_at(blk, 0)
+    d = f16_at(blk, 0)
     qh = _u32_at(blk, 2)
     for j in range(opaque(16)):
         qs = blk[6 + j]
@@ -86,8 +86,8 @@ def _decode_q5_0(out, blk):
 
 @njit(cache=True, inline="always")
 def _decode_q5_1(out, blk):
-    d = half_at(blk, 0)
-    m = half_at(blk, 2)
+    d = f16_at(blk, 0)
+    m = f16_at(blk, 2)
     qh = _u32_at(blk, 4)
     for j in range(opaque(16)):
         qs = blk[8 + j]
@@ -97,7 +97,7 @@ def _decode_q5_1(out, blk):
 
 @njit(cache=True, inline="always")
 def _decode_q8_0(out, blk):
-    d = half_at(blk, 0)
+    d = f16_at(blk, 0)
     for j in range(opaque(32)):
         out[j] = np.float32(np.int8(blk[2 + j])) * d
 
@@ -110,7 +110,7 @@ def _dot_q4_0(blk, xs):
     for j in range(opaque(16)):
         q = np.int32(blk[2 + j])
         acc += np.float32((q & 0xF) - 8) * xs[j] + np.float32((q >> 4) - 8) * xs[16 + j]
-    return half_at(blk, 0) * acc
+    return f16_at(blk, 0) * acc
 
 
 @njit(cache=True, inline="always", fastmath=DOT_FASTMATH)
@@ -121,7 +121,7 @@ def _dot_q4_1(blk, xs):
         q = np.int32(blk[4 + j])
         qx += np.float32(q & 0xF) * xs[j] + np.float32(q >> 4) * xs[16 + j]
         sx += xs[j] + xs[16 + j]
-    return half_at(blk, 0) * qx + half_at(blk, 2) * sx
+    return f16_at(blk, 0) * qx + f16_at(blk, 2) * sx
 
 
 @njit(cache=True, inline="always", fastmath=DOT_FASTMATH)
@@ -132,7 +132,7 @@ def _dot_q5_0(blk, xs):
         qs = blk[6 + j]
         acc += (np.float32(_low5(qs, qh, j) - 16) * xs[j]
                 + np.float32(_high5(qs, qh, j) - 16) * xs[16 + j])
-    return half_at(blk, 0) * acc
+    return f16_at(blk, 0) * acc
 
 
 @njit(cache=True, inline="always", fastmath=DOT_FASTMATH)
@@ -144,7 +144,7 @@ def _dot_q5_1(blk, xs):
         qs = blk[8 + j]
         qx += np.float32(_low5(qs, qh, j)) * xs[j] + np.float32(_high5(qs, qh, j)) * xs[16 + j]
         sx += xs[j] + xs[16 + j]
-    return half_at(blk, 0) * qx + half_at(blk, 2) * sx
+    return f16_at(blk, 0) * qx + f16_at(blk, 2) * sx
 
 
 @njit(cache=True, inline="always", fastmath=DOT_FASTMATH)
@@ -152,7 +152,7 @@ def _dot_q8_0(blk, xs):
     acc = np.float32(0.0)
     for j in range(opaque(32)):
         acc += np.float32(np.int8(blk[2 + j])) * xs[j]
-    return half_at(blk, 0) * acc
+    return f16_at(blk, 0) * acc
 
 
 # ---- kernel templates over one block type (BLOCK values in BYTES bytes) ----
