@@ -109,14 +109,23 @@ def describe_settings(options: dict) -> str:
 
 
 def load_model(model: str, n_ctx: int, args: argparse.Namespace):
-    """Load a model (path or catalog name, pulled on first use) with the runtime flags."""
+    """Load a model (path or catalog name, pulled on first use) with the runtime flags, and warm
+    its kernels up, saying so on stderr if that takes a while (unless args.quiet)."""
     from .model import Model
 
     if n_ctx is None or n_ctx < 1:
         raise ValueError(f"--ctx must be a positive number of tokens, got {n_ctx}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    return Model.load(model, n_ctx=n_ctx, threads=args.threads, backend=args.backend, device=args.device)
+    from .compile_notice import notice_if_slow
+
+    loaded = Model.load(model, n_ctx=n_ctx, threads=args.threads, backend=args.backend, device=args.device)
+    if getattr(args, "quiet", False):
+        loaded.engine.warm_up()
+    else:
+        with notice_if_slow():  # the first run on a machine compiles the kernels
+            loaded.engine.warm_up()
+    return loaded
 
 
 def speed(tokens: int, seconds: float) -> str:

@@ -84,6 +84,17 @@ class Engine:
     def reset(self) -> None:
         self.kv.reset()
 
+    def warm_up(self) -> None:
+        """Run a 2-token prefill and a decode step, then empty the cache, so that every kernel a
+        generation needs is compiled (or loaded from Numba's cache) now rather than at the first
+        real token. Only on an empty cache."""
+        if self.n_past:
+            raise ValueError("warm_up runs on an empty cache; call it right after loading")
+        if self.n_batch >= 2 and self.n_ctx >= 3:
+            self.eval([0, 0])
+        self.eval([0])
+        self.reset()
+
     # ---- evaluation ------------------------------------------------------------------------
     def eval(self, ids: Sequence[int] | np.ndarray, all_logits: bool = False) -> np.ndarray:
         """Append `ids` at positions n_past.. and return the last token's logits, f32 (n_vocab,)

@@ -111,7 +111,10 @@ def attend(q, k, v, scale, window):
 def reference_logits(arch, W, ids, q8_activations=False):
     """float64 logits; q8_activations: round what enters a legacy-quantized matrix to Q8_0."""
     W = {k: v.astype(np.float64) for k, v in W.items()}
-    gelu = lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    gelu_exact = lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    half = lambda x: x.astype(np.float16).astype(np.float64)
+    # llama.cpp's GEGLU: gelu of the input rounded to half, rounded to half; 0 / x outside (-10, 10)
+    gelu = lambda x: np.where(x <= -10, 0.0, np.where(x >= 10, x, half(gelu_exact(half(x)))))
     silu = lambda x: x / (1 + np.exp(-x))
     x = W["token_embd.weight"][ids]
     if arch == "gemma3":

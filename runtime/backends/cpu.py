@@ -17,6 +17,7 @@ from gguf import GGMLQuantizationType
 from ...quant import QTYPES
 from ..graph import Node, Op
 from ..kv_cache import KVCache
+from . import activations as A
 from . import cpu_kernels as K
 from .rope_table import rope_cos_sin
 
@@ -173,10 +174,10 @@ _BINDERS: dict[Op, Callable] = {
     Op.ADD_BIAS: lambda be, node, out, srcs, t: [(K.add_bias, (out, srcs[0], be.vector(node.weights[0])))],
     Op.SCALE: lambda be, node, out, srcs, t: [(K.scale, (out, srcs[0], np.float32(node.params["s"])))],
     Op.RMS_NORM: lambda be, node, out, srcs, t: [
-        (K.rms_norm, (out, srcs[0], be.vector(node.weights[0]), node.params["eps"]))],
+        (K.rms_norm_rows if t > 1 else K.rms_norm, (out, srcs[0], be.vector(node.weights[0]), node.params["eps"]))],
     Op.ROPE: _bind_rope,
     Op.ATTENTION: _bind_attention,
-    Op.SWIGLU: lambda be, node, out, srcs, t: [(K.swiglu, (out, *srcs))],
-    Op.GEGLU: lambda be, node, out, srcs, t: [(K.geglu, (out, *srcs))],
+    Op.SWIGLU: lambda be, node, out, srcs, t: [(A.swiglu_rows if t > 1 else A.swiglu, (out, *srcs))],
+    Op.GEGLU: lambda be, node, out, srcs, t: [(A.geglu_rows if t > 1 else A.geglu, (out, *srcs, A.GELU_TABLE))],
     Op.LAST_ROW: lambda be, node, out, srcs, t: [(K.last_row, (out, srcs[0]))],
 }

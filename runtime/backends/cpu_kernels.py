@@ -4,30 +4,47 @@ Conventions: output first, caller allocates; activations are float32 (rows, widt
 positions and token ids are int64 (T,). Kernels marked alias-safe may be called with `out` the
 same array as their first input (the planner's in-place reuse, graph.INPLACE_OPS).
 
-Everything here is serial: these ops move a few KB per token, and on small machines a
-parallel-region launch costs more than the op. Attention, whose work grows with the context,
-has a parallel driver over (token, head) pairs as well.
+Decode runs these serially: they move a few KB per token, and on small machines a
+parallel-region launch costs more than the op. Prefill (many rows) uses the `_rows` drivers,
+parallel over rows; attention has a parallel driver over (token, head) pairs. The FFN gates
+live in activations.py.
 """
 from __future__ import annotations
 
 import math
-import platform
 
 import numba
 import numpy as np
-from llvmlite import binding as llvm
-from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import intrinsic, overload
+from numba.extending import overload
 
-from ...quant.float_bits import f16_bits_to_f32, f32_to_f16_bits, round_to_f16
+from .half import f32_to_half_bits, half_bits_to_f32
 
 # The running maximum starts from this instead of -inf so fastmath's no-infinities assumption holds.
 _NEG_BIG = np.float32(-3.0e38)
-_GELU_C = np.float32(math.sqrt(2.0 / math.pi))  # tanh approximation of GELU, as ggml
-_GELU_A = np.float32(0.044715)
 
 _FAST = {"reassoc", "contract", "arcp", "nsz"}  # vectorizable sums; no nnan/ninf assumptions
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _sum_of_squares(x):
+    """sum(x**2) of f32 (n,) in float64 (reassociation only lets it vectorize; not inlined, so
+    the flag stays on this loop)."""
+    s = 0.0
+    for i in range(x.shape[0]):
+        v = np.float64(x[i])
+        s += v * v
+    return s
+
+
+@njit(cache=True, inline="always")
+def _rms_norm_row(out, x, w, eps):
+    g = w.shape[0]
+    for off in range(0, x.shape[0], g):
+        s = _sum_of_squares(x[off:off + g])
+        scale = np.float32(1.0 / math.sqrt(s / g + eps))
+        for i in range(g):
+            out[off + i] = (x[off + i] * scale) * w[i]
 
 
 @njit(cache=True)
@@ -37,16 +54,15 @@ def rms_norm(out, x, w, eps):
     out, x: f32 (rows, width); w: f32 (g,) with width % g == 0; eps: float.
     Sums of squares are taken in float64, the scale applied in float32 (as ggml).
     """
-    g = w.shape[0]
     for r in range(x.shape[0]):
-        for off in range(0, x.shape[1], g):
-            s = 0.0
-            for i in range(g):
-                v = np.float64(x[r, off + i])
-                s += v * v
-            scale = np.float32(1.0 / math.sqrt(s / g + eps))
-            for i in range(g):
-                out[r, off + i] = (x[r, off + i] * scale) * w[i]
+        _rms_norm_row(out[r], x[r], w, eps)
+
+
+@njit(cache=True, parallel=True)
+def rms_norm_rows(out, x, w, eps):
+    """As `rms_norm`, rows in parallel."""
+    for r in prange(x.shape[0]):
+        _rms_norm_row(out[r], x[r], w, eps)
 
 
 @njit(cache=True)
@@ -104,27 +120,6 @@ def scale(out, x, s):
 
 
 @njit(cache=True)
-def swiglu(out, gate, up):
-    """out = silu(gate) * up, silu(x) = x / (1 + exp(-x)). f32 (rows, width). Alias-safe."""
-    one = np.float32(1.0)
-    for r in range(gate.shape[0]):
-        for i in range(gate.shape[1]):
-            g = gate[r, i]
-            out[r, i] = g / (one + np.exp(-g)) * up[r, i]
-
-
-@njit(cache=True)
-def geglu(out, gate, up):
-    """out = gelu(gate) * up with GELU's tanh approximation. f32 (rows, width). Alias-safe."""
-    half = np.float32(0.5)
-    one = np.float32(1.0)
-    for r in range(gate.shape[0]):
-        for i in range(gate.shape[1]):
-            g = gate[r, i]
-            out[r, i] = half * g * (one + np.tanh(_GELU_C * g * (one + _GELU_A * g * g))) * up[r, i]
-
-
-@njit(cache=True)
 def last_row(out, x):
     """out[0] = x[-1]. out: f32 (1, width); x: f32 (T, width)."""
     t = x.shape[0] - 1
@@ -142,30 +137,6 @@ def last_row(out, x):
 # SmolLM2's greedy agreement with llama.cpp from 127/128 down to 125/128, so it is left out.
 # With a float32 cache nothing is rounded.
 
-def _host_widens_half_natively() -> bool:
-    """True where LLVM turns half -> float into one instruction (x86 F16C, 64-bit ARM); elsewhere
-    it would call a runtime helper the JIT may not provide, so the bit-level widening is used."""
-    if platform.machine().lower() in ("aarch64", "arm64"):
-        return True
-    try:
-        return bool(llvm.get_host_cpu_features().get("f16c", False))
-    except RuntimeError:
-        return False
-
-
-@intrinsic
-def _half_bits_to_f32_native(typingctx, h):
-    """uint16 half bits -> float32 by LLVM's exact fpext (vcvtph2ps with F16C; vectorizes)."""
-    if h != types.uint16:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
-
-    return types.float32(types.uint16), codegen
-
-
-_half_bits_to_f32 = _half_bits_to_f32_native if _host_widens_half_natively() else f16_bits_to_f32
 
 
 def kv_load(x):
@@ -175,7 +146,7 @@ def kv_load(x):
 @overload(kv_load, inline="always")
 def _kv_load(x):
     if x == types.uint16:
-        return lambda x: _half_bits_to_f32(x)
+        return lambda x: half_bits_to_f32(x)
     return lambda x: np.float32(x)
 
 
@@ -186,7 +157,7 @@ def kv_encode(cache, x):
 @overload(kv_encode, inline="always")
 def _kv_encode(cache, x):
     if cache.dtype == types.uint16:
-        return lambda cache, x: np.uint16(f32_to_f16_bits(x))
+        return lambda cache, x: np.uint16(f32_to_half_bits(x))
     return lambda cache, x: np.float32(x)
 
 
@@ -198,7 +169,7 @@ def kv_operand(cache, x):
 @overload(kv_operand, inline="always")
 def _kv_operand(cache, x):
     if cache.dtype == types.uint16:
-        return lambda cache, x: round_to_f16(x)
+        return lambda cache, x: half_bits_to_f32(np.uint16(f32_to_half_bits(x)))
     return lambda cache, x: np.float32(x)
 
 
