@@ -102,3 +102,18 @@ def test_geglu_follows_ggml(geglu):
     inplace = g.copy()
     geglu(inplace, inplace, u, A.GELU_TABLE)
     np.testing.assert_array_equal(inplace, out)
+
+
+def test_exp_keeps_its_accuracy_inside_fastmath_code():
+    # Numba compiles (and inlines) a helper with its caller's fast-math flags; the attention
+    # kernel calling exp_f32 is compiled with reassociation on
+    @njit(fastmath=True)
+    def exp_fast(out, x):
+        for i in range(x.shape[0]):
+            out[i] = A.exp_f32(x[i])
+
+    x = np.linspace(-87, 88, 100_001, dtype=np.float32)
+    got = np.empty_like(x)
+    exp_fast(got, x)
+    want = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(got - want) / np.spacing(want.astype(np.float32))) <= 2.0

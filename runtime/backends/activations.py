@@ -19,7 +19,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from ...quant.float_bits import i32_as_f32
 from .half import f32_to_half_bits
@@ -29,7 +32,6 @@ from .half import f32_to_half_bits
 _LOG2E = np.float32(1.4426950408889634)
 _LN2_HI = np.float32(0.693359375)          # ln 2 split so that k * _LN2_HI is exact for |k| < 2**9
 _LN2_LO = np.float32(-2.12194440e-4)
-_ROUND = np.float32(12582912.0)            # 1.5 * 2**23: adding and subtracting it rounds to an integer
 _EXP_MAX = np.float32(88.0)                # e**88 < FLT_MAX and 2**127 is the largest scale built
 _EXP_MIN = np.float32(-87.0)               # 2**-126 is the smallest normal scale
 # e**r - 1 - r on |r| <= ln2/2, as r**2 * P(r) (a minimax fit; Cephes' expf coefficients)
@@ -37,16 +39,50 @@ _P0, _P1, _P2 = np.float32(5.0000001201e-1), np.float32(1.6666665459e-1), np.flo
 _P3, _P4, _P5 = np.float32(8.3334519073e-3), np.float32(1.3981999507e-3), np.float32(1.9875691500e-4)
 
 
+def _call_intrinsic(builder, name, args):
+    f32 = ir.FloatType()
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [f32] * len(args)), name)
+    return builder.call(fn, args)
+
+
+@intrinsic
+def _rint(typingctx, x):
+    """float32 rounded to the nearest integer, ties to even (llvm.rint: one vector instruction)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return _call_intrinsic(builder, "llvm.rint.f32", args)
+
+    return types.float32(types.float32), codegen
+
+
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """a * b + c in float32 with one rounding (llvm.fma)."""
+    if not (a == b == c == types.float32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return _call_intrinsic(builder, "llvm.fma.f32", args)
+
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
 @njit(cache=True, inline="always")
 def exp_f32(x):
-    """e**x for float32 x, clamped to [-87, 88] (NaN stays NaN); no libm call."""
+    """e**x for float32 x, clamped to [-87, 88] (NaN stays NaN); no libm call.
+
+    Numba compiles a helper with the fast-math flags of whichever caller compiles it first, and
+    reassociation would fold away an add-and-subtract rounding or merge the two halves of ln 2;
+    so the rounding and the reduction are intrinsics (rint, fma), which no flag rewrites."""
     x = np.float32(x)
     c = min(max(x, _EXP_MIN), _EXP_MAX)
     c = x if x != x else c  # NaN passes through the clamp unchanged
-    k = (c * _LOG2E + _ROUND) - _ROUND
-    r = (c - k * _LN2_HI) - k * _LN2_LO
-    p = ((((_P5 * r + _P4) * r + _P3) * r + _P2) * r + _P1) * r + _P0
-    e = p * (r * r) + r + np.float32(1.0)
+    k = _rint(c * _LOG2E)
+    r = _fma(-k, _LN2_LO, _fma(-k, _LN2_HI, c))
+    p = _fma(_fma(_fma(_fma(_fma(_P5, r, _P4), r, _P3), r, _P2), r, _P1), r, _P0)
+    e = _fma(p, r * r, r) + np.float32(1.0)
     scale = i32_as_f32(np.int32((np.int32(k) + np.int32(127)) << np.int32(23)))
     return e * scale
 

@@ -18,6 +18,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from .activations import exp_f32
 from .half import f32_to_half_bits, half_bits_to_f32
 
 # The running maximum starts from this instead of -inf so fastmath's no-infinities assumption holds.
@@ -231,7 +232,7 @@ def _attend(out, q, k_cache, v_cache, work, t, h, p, scale, window):
             m = s
     total = 0.0
     for i in range(n):
-        e = np.exp(scores[i] - m)
+        e = exp_f32(scores[i] - m)
         scores[i] = e
         total += e
     inv = np.float32(1.0 / total)
