@@ -4,7 +4,8 @@ The one protocol shared by `lantern bench` and the scripts in benchmarks/ (llama
 
 - pp (prefill): one `eval` of p token ids from an empty cache;
 - tg (decode): n single-token `eval`s from an empty cache;
-- a warm-up of both first (Numba compiles on first use), not counted;
+- a warm-up of both first (Numba compiles on first use), not counted, after which a runner may
+  settle (`after_warm_up`: ours gives back the compiler's pages, as the CLI does);
 - r repetitions of each, reported as tokens/s mean, std and best.
 
 Tokenization and sampling are outside the measurement: the ids are fixed (seeded random ids in
@@ -103,6 +104,7 @@ def measure(runner: Runner, prompt_ids: np.ndarray, gen_ids: np.ndarray, repetit
 
     progress("warm-up")
     one_round()
+    getattr(runner, "after_warm_up", lambda: None)()
     pp_s, tg_s = [], []
     for i in range(repetitions):
         progress(f"repetition {i + 1}/{repetitions}")
@@ -151,6 +153,12 @@ class LanternRunner:
     def eval(self, ids) -> None:
         self.engine.eval(ids)
         self._sync()
+
+    def after_warm_up(self) -> None:
+        """What `lantern chat` and `run` do once the kernels are loaded (runtime/memory.py)."""
+        from .memory import release_compiler_pages
+
+        release_compiler_pages()
 
 
 class LlamaCppRunner:
