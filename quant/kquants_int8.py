@@ -16,12 +16,15 @@ AVX2 the two multiply-add steps are the named instructions; elsewhere the same a
 plain vector IR that LLVM lowers for the target (no sum here can saturate int16: at most
 2 * 63 * 128).
 
-Per type, a decoder written against `_Unpack` yields the 8 groups and the bsum coefficients;
-`_block_kernels` turns it into two intrinsics, `block_sums_X` (one activation row -> (isum,
-corr)) and `block_sums_rows_X` (all rows of a batch, the block decoded once), and
-`scales_X` gives the block's float (d, e) with value = d * isum - e * corr.
+Per type, a decoder written against `_Unpack` yields the block as `Decoded` (8 groups of
+quants, per sub-block scales and correction coefficients); `_block_sums_kernel` turns it into
+the intrinsic `block_sums_X` (one activation row -> (isum, corr)), and `scales_X` gives the
+block's float (d, e) with value = d * isum - e * corr. The prefill matmul (kquants_tiles.py)
+takes the same decoders and re-packs their output for its register tiles.
 """
 from __future__ import annotations
+
+from typing import Callable, NamedTuple
 
 import numpy as np
 from llvmlite import binding as llvm_binding, ir
@@ -39,8 +42,11 @@ _I8, _I16, _I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
 # The AVX2 instructions are named only when Numba compiles for this host (NUMBA_CPU_NAME and
 # NUMBA_CPU_FEATURES unset); a cache is tied to the CPU it was built on, so the choice is fixed
 # per cache.
-X86_AVX2 = (config.CPU_NAME is None and config.CPU_FEATURES is None
-            and bool(llvm_binding.get_host_cpu_features().get("avx2", False)))
+_HOST_FEATURES = (llvm_binding.get_host_cpu_features()
+                  if config.CPU_NAME is None and config.CPU_FEATURES is None else {})
+X86_AVX2 = bool(_HOST_FEATURES.get("avx2", False))
+# AVX-512 VNNI on 256-bit vectors (vpdpbusd ymm): the matmul tiles' byte dot products.
+X86_VNNI = all(bool(_HOST_FEATURES.get(f, False)) for f in ("avx512vnni", "avx512vl", "avx512bw"))
 
 
 def _vec(t, n):
@@ -120,15 +126,54 @@ def _madd_words(builder, a, c):
     return builder.add(builder.mul(ae, ce), builder.mul(ao, co))
 
 
+def _dot4(builder, acc, u, s):
+    """acc <8 x i32> + (lane j: sum_{e=4j..4j+3} u[e] * s[e]) for <32 x i8> u unsigned, s signed.
+
+    One vpdpbusd with VNNI; otherwise pmaddubsw + pmaddwd by ones (exact while every pair sum
+    u[2i]*s[2i] + u[2i+1]*s[2i+1] fits int16, true for u <= 127).
+    """
+    if X86_VNNI:
+        v8 = _vec(_I32, 8)
+        return _call(builder, "llvm.x86.avx512.vpdpbusd.256", v8,
+                     [acc, builder.bitcast(u, v8), builder.bitcast(s, v8)])
+    ones = _consts(_I16, [1] * 16)
+    return builder.add(acc, _madd_words(builder, _madd_bytes(builder, u, s), ones))
+
+
 def _reduce(builder, v):
     return _call(builder, f"llvm.vector.reduce.add.v{v.type.count}i32", _I32, [v])
+
+
+class Decoded(NamedTuple):
+    """One weight block as the dot kernels take it (IR values).
+
+    quants: 8 groups of 32 unsigned quants in element order (<32 x i8> each, group g holds
+    elements 32g..32g+31; offsets such as Q6_K's -32 are moved into the correction);
+    scales, mins: <S x i16> per sub-block (S = 16 sub-blocks of 16 values or 8 of 32): its
+    integer scale, and the coefficient of its activation sum in the correction term, so that
+    block . x = d * sum_s scales[s] * (q_s . x_s) - e * sum_s mins[s] * sum(x_s).
+    """
+    quants: list
+    scales: ir.Value
+    mins: ir.Value
+
+
+def _groups(u, dec):
+    """The matvec form of a block: 8 (quants, <16 x i16> weights) and <16 x i16> coefs.
+
+    Lane l of group g's weights scales elements 2l, 2l+1 (pmaddwd pairs); coefs[s] weighs the
+    s-th sum of 16 activations (Q8_K bsums).
+    """
+    per = dec.scales.type.count  # sub-blocks per block
+    groups = [(q, u.shuffle(dec.scales, [(32 * g + 2 * l) * per // QK_K for l in range(16)]))
+              for g, q in enumerate(dec.quants)]
+    return groups, u.shuffle(dec.mins, [s * per // 16 for s in range(16)])
 
 
 def _dot_block(builder, groups, coefs, xp, bp):
     """(isum, corr) i32 of decoded groups against 256 int8 at xp and 16 int16 bsums at bp.
 
-    groups: 8 pairs (quants <32 x i8> unsigned, weights <16 x i16>: lane j weights elements
-    2j, 2j+1 of the group); coefs <16 x i16>: corr = sum_s coefs[s] * bsums[s].
+    groups, coefs: as _groups returns them; corr = sum_s coefs[s] * bsums[s].
     """
     acc = ir.Constant(_vec(_I32, 8), None)
     for g, (quants, weights16) in enumerate(groups):
@@ -147,13 +192,9 @@ def _contiguous(*arrays):
     return all(isinstance(a, types.Array) and a.layout == "C" for a in arrays)
 
 
-def _block_kernels(decode):
-    """Two intrinsics from one block decoder `decode(unpack) -> (groups, coefs)`:
-
-    sums(w u8[:], i, xq i8[:], xo, bsums i16[:], so) -> (isum, corr): one activation row;
-    sums_rows(w, i, xq i8[t, n], xo, bsums i16[t, n/16], so, isums i32[t], corrs i32[t]):
-        every activation row against the block, decoded once (the matmul form).
-    """
+def _block_sums_kernel(decode):
+    """block_sums(w u8[:], i, xq i8[:], xo, bsums i16[:], so) -> (isum, corr) i32: the block
+    at w[i:] (decoded by `decode(unpack) -> Decoded`) against one Q8_K activation row."""
     def sums(typingctx, w, i, xq, xo, bsums, so):
         if not _contiguous(w, xq, bsums):
             return None
@@ -163,45 +204,12 @@ def _block_kernels(decode):
             unpack = _Unpack(builder, _data(context, builder, sig.args[0], w_).data, i_)
             xp = builder.gep(_data(context, builder, sig.args[2], xq_).data, [xo_])
             bp = builder.gep(_data(context, builder, sig.args[4], bsums_).data, [so_])
-            isum, corr = _dot_block(builder, *decode(unpack), xp, bp)
+            isum, corr = _dot_block(builder, *_groups(unpack, decode(unpack)), xp, bp)
             return context.make_tuple(builder, sig.return_type, [isum, corr])
         return types.UniTuple(types.int32, 2)(w, i, xq, xo, bsums, so), codegen
 
-    def sums_rows(typingctx, w, i, xq, xo, bsums, so, isums, corrs):
-        if not _contiguous(w, xq, bsums, isums, corrs):
-            return None
-
-        def codegen(context, builder, sig, args):
-            w_, i_, xq_, xo_, bsums_, so_, isums_, corrs_ = args
-            groups, coefs = decode(_Unpack(builder, _data(context, builder, sig.args[0], w_).data, i_))
-            xa = _data(context, builder, sig.args[2], xq_)
-            ba = _data(context, builder, sig.args[4], bsums_)
-            out_i = _data(context, builder, sig.args[6], isums_).data
-            out_c = _data(context, builder, sig.args[7], corrs_).data
-            t, n = cgutils.unpack_tuple(builder, xa.shape, 2)
-            n_sums = cgutils.unpack_tuple(builder, ba.shape, 2)[1]
-            with cgutils.for_range(builder, t) as loop:  # rows are C-contiguous
-                k = loop.index
-                xp = builder.gep(xa.data, [builder.add(builder.mul(k, n), xo_)])
-                bp = builder.gep(ba.data, [builder.add(builder.mul(k, n_sums), so_)])
-                isum, corr = _dot_block(builder, groups, coefs, xp, bp)
-                builder.store(isum, builder.gep(out_i, [k]))
-                builder.store(corr, builder.gep(out_c, [k]))
-            return context.get_dummy_value()
-        return types.none(w, i, xq, xo, bsums, so, isums, corrs), codegen
-
     sums.__name__ = f"block_sums_{decode.__name__}"
-    sums_rows.__name__ = f"block_sums_rows_{decode.__name__}"
-    return intrinsic(sums), intrinsic(sums_rows)
-
-
-def _per16(u, scales, g):
-    """Weights of group g when sub-blocks are 16 wide: scales[2g] x8, scales[2g+1] x8."""
-    return u.shuffle(scales, [2 * g] * 8 + [2 * g + 1] * 8)
-
-
-def _per32(u, scales8, g):
-    return u.shuffle(scales8, [g] * 16)
+    return intrinsic(sums)
 
 
 def _scales_mins_k4(u):
@@ -217,77 +225,66 @@ def _scales_mins_k4(u):
     return sc, m
 
 
-# ---- the five block layouts (byte maps in kquants.py): decode(unpack) -> (groups, coefs) ----
+# ---- the five block layouts (byte maps in kquants.py): decode(unpack) -> Decoded ------------
 
 def q2_k(u):
     bytes16 = u.widen(u.weights(0, 16))
-    scales, mins = u.band(bytes16, 0xF), u.shr(bytes16, 4)
-    groups = []
+    quants = []
     for h in range(2):
         qs = u.weights(16 + 32 * h, 32)
-        for j in range(4):
-            groups.append((u.band(u.shr(qs, 2 * j), 3), _per16(u, scales, 4 * h + j)))
-    return groups, mins
+        quants += [u.band(u.shr(qs, 2 * j), 3) for j in range(4)]
+    return Decoded(quants, u.band(bytes16, 0xF), u.shr(bytes16, 4))
 
 
 def q3_k(u):
-    # q + 4 = low 2 bits | high bit << 2 (0..7); the -4 returns through corr (weighted by 4).
+    # q + 4 = low 2 bits | high bit << 2 (0..7); the -4 returns through the correction
+    # (mins = scales, e = 4d).
     v = u.widen(u.weights(94, 16))  # bytes 94..109: the 12 scale bytes start at lane 2
     low = u.band(u.shr(u.shuffle(v, [2 + (s & 7) for s in range(16)]), [0] * 8 + [4] * 8), 0xF)
     high = u.band(u.shr(u.shuffle(v, [10 + (s & 3) for s in range(16)]), [2 * (s >> 2) for s in range(16)]), 3)
     scales = u.b.sub(u.bor(low, u.shl(high, 4)), _consts(_I16, [32] * 16))
     hmask = u.weights(0, 32)
-    groups = []
+    quants = []
     for h in range(2):
         qs = u.weights(32 + 32 * h, 32)
         for j in range(4):
             g = 4 * h + j
-            q = u.bor(u.band(u.shr(qs, 2 * j), 3), u.shl(u.band(u.shr(hmask, g), 1), 2))
-            groups.append((q, _per16(u, scales, g)))
-    return groups, scales
+            quants.append(u.bor(u.band(u.shr(qs, 2 * j), 3), u.shl(u.band(u.shr(hmask, g), 1), 2)))
+    return Decoded(quants, scales, scales)
 
 
 def q4_k(u):
     scales, mins = _scales_mins_k4(u)
-    groups = []
+    quants = []
     for c in range(4):
         qs = u.weights(16 + 32 * c, 32)
-        groups.append((u.band(qs, 0xF), _per32(u, scales, 2 * c)))
-        groups.append((u.shr(qs, 4), _per32(u, scales, 2 * c + 1)))
-    return groups, u.shuffle(mins, [s // 2 for s in range(16)])
+        quants += [u.band(qs, 0xF), u.shr(qs, 4)]
+    return Decoded(quants, scales, mins)
 
 
 def q5_k(u):
     scales, mins = _scales_mins_k4(u)
     qh = u.weights(16, 32)
-    groups = []
+    quants = []
     for c in range(4):
         qs = u.weights(48 + 32 * c, 32)
         for h, nibble in enumerate((u.band(qs, 0xF), u.shr(qs, 4))):
-            g = 2 * c + h
-            groups.append((u.bor(nibble, u.shl(u.band(u.shr(qh, g), 1), 4)), _per32(u, scales, g)))
-    return groups, u.shuffle(mins, [s // 2 for s in range(16)])
+            quants.append(u.bor(nibble, u.shl(u.band(u.shr(qh, 2 * c + h), 1), 4)))
+    return Decoded(quants, scales, mins)
 
 
 def q6_k(u):
-    # q + 32 = 4 low bits | 2 high bits << 4 (0..63); the -32 returns through corr (weighted by 32).
+    # q + 32 = 4 low bits | 2 high bits << 4 (0..63); the -32 returns through the correction
+    # (mins = scales, e = 32d).
     scales = u.widen(u.weights(192, 16), signed=True)
-    groups = []
+    quants = []
     for h in range(2):
         ql_a = u.weights(64 * h, 32)
         ql_b = u.weights(64 * h + 32, 32)
         qh = u.weights(128 + 32 * h, 32)
         for k, low in enumerate((u.band(ql_a, 0xF), u.band(ql_b, 0xF), u.shr(ql_a, 4), u.shr(ql_b, 4))):
-            q = u.bor(low, u.shl(u.band(u.shr(qh, 2 * k), 3), 4))
-            groups.append((q, _per16(u, scales, 4 * h + k)))
-    return groups, scales
-
-
-block_sums_q2_k, block_sums_rows_q2_k = _block_kernels(q2_k)
-block_sums_q3_k, block_sums_rows_q3_k = _block_kernels(q3_k)
-block_sums_q4_k, block_sums_rows_q4_k = _block_kernels(q4_k)
-block_sums_q5_k, block_sums_rows_q5_k = _block_kernels(q5_k)
-block_sums_q6_k, block_sums_rows_q6_k = _block_kernels(q6_k)
+            quants.append(u.bor(low, u.shl(u.band(u.shr(qh, 2 * k), 3), 4)))
+    return Decoded(quants, scales, scales)
 
 
 # ---- float scales: a block's value is d * isum - e * corr, times the activation scale -------
@@ -314,12 +311,21 @@ def scales_q6_k(w, i):
     return d, np.float32(32.0) * d
 
 
-INT8_KERNELS = {  # type -> (block_sums, block_sums_rows, float scales)
-    Q2_K: (block_sums_q2_k, block_sums_rows_q2_k, scales_q2_k),
-    Q3_K: (block_sums_q3_k, block_sums_rows_q3_k, scales_q3_k),
-    Q4_K: (block_sums_q4_k, block_sums_rows_q4_k, scales_q4_k),
-    Q5_K: (block_sums_q5_k, block_sums_rows_q5_k, scales_q4_k),  # same d, dmin fields
-    Q6_K: (block_sums_q6_k, block_sums_rows_q6_k, scales_q6_k),
+class KInt8(NamedTuple):
+    """What the int8 kernels know of one K type."""
+    decode: Callable      # IR: decode(_Unpack) -> Decoded
+    sub_blocks: int       # scales per block: 16 (sub-blocks of 16 values) or 8 (of 32)
+    offset: int           # decoded quants are q + offset (then mins = scales, e = offset * d); 0: real mins
+    block_sums: Callable  # intrinsic: (isum, corr) against one Q8_K row (_block_sums_kernel)
+    scales: Callable      # njit (w, i) -> (d, e) float32: block . x = d * isum - e * corr
+
+
+INT8_KERNELS = {
+    Q2_K: KInt8(q2_k, 16, 0, _block_sums_kernel(q2_k), scales_q2_k),
+    Q3_K: KInt8(q3_k, 16, 4, _block_sums_kernel(q3_k), scales_q3_k),
+    Q4_K: KInt8(q4_k, 8, 0, _block_sums_kernel(q4_k), scales_q4_k),
+    Q5_K: KInt8(q5_k, 8, 0, _block_sums_kernel(q5_k), scales_q4_k),  # same d, dmin fields
+    Q6_K: KInt8(q6_k, 16, 32, _block_sums_kernel(q6_k), scales_q6_k),
 }
 
 
@@ -333,22 +339,8 @@ def _block_sums(qtype, w, i, xq, xo, bsums, so):
     entry = table_entry(INT8_KERNELS, qtype)
     if entry is None:
         return None
-    fn = entry[0]
+    fn = entry.block_sums
     return lambda qtype, w, i, xq, xo, bsums, so: fn(w, i, xq, xo, bsums, so)
-
-
-def block_sums_rows(qtype, w, i, xq, xo, bsums, so, isums, corrs):
-    """Numba-only: block_sums for every row of xq i8[t, n] / bsums i16[t, n/16], into isums/corrs i32[t]."""
-    raise NotImplementedError("block_sums_rows is callable from Numba code only")
-
-
-@overload(block_sums_rows, inline="always")
-def _block_sums_rows(qtype, w, i, xq, xo, bsums, so, isums, corrs):
-    entry = table_entry(INT8_KERNELS, qtype)
-    if entry is None:
-        return None
-    fn = entry[1]
-    return lambda qtype, w, i, xq, xo, bsums, so, isums, corrs: fn(w, i, xq, xo, bsums, so, isums, corrs)
 
 
 def block_scales(qtype, w, i):
@@ -361,7 +353,7 @@ def _block_scales(qtype, w, i):
     entry = table_entry(INT8_KERNELS, qtype)
     if entry is None:
         return None
-    fn = entry[2]
+    fn = entry.scales
     return lambda qtype, w, i: fn(w, i)
 
 
@@ -392,45 +384,7 @@ def matvec_int8_rows(out, w, x, qtype):
         out[r] = acc
 
 
-_ROW_TILE = 8  # weight rows per matmul work item (their per-row sums buffers are allocated once)
-
-
-@njit(cache=True, parallel=True)
-def matmul_int8_rows(out, w, x, qtype):
-    """out f32[t, rows] <- x f32[t, n] @ w.T for w u8[rows, row_bytes] of literal type `qtype`.
-
-    Each weight block is decoded once for all t activation rows (block_sums_rows).
-    """
-    nbytes = block_bytes(literally(qtype))
-    t, n = x.shape
-    check_dot_shapes(out.shape[1], w, n, nbytes)
-    if out.shape[0] != t:
-        raise ValueError("K-quant matmul: output rows do not match the activation rows")
-    n_blocks = n // QK_K
-    xd = np.empty((t, n_blocks), np.float32)
-    xq = np.empty((t, n), np.int8)
-    bsums = np.empty((t, n // 16), np.int16)
-    for k in prange(t):
-        quantize_q8_k_parts(xd[k], xq[k], bsums[k], x[k])
-    rows = w.shape[0]
-    for tile in prange((rows + _ROW_TILE - 1) // _ROW_TILE):
-        isums = np.empty(t, np.int32)
-        corrs = np.empty(t, np.int32)
-        acc = np.empty(t, np.float32)
-        for r in range(tile * _ROW_TILE, min(rows, tile * _ROW_TILE + _ROW_TILE)):
-            row = w[r]
-            acc[:] = 0.0
-            for blk in range(n_blocks):
-                i = blk * nbytes
-                block_sums_rows(qtype, row, i, xq, blk * QK_K, bsums, blk * 16, isums, corrs)
-                d, e = block_scales(qtype, row, i)
-                for k in range(t):
-                    acc[k] += xd[k, blk] * (d * np.float32(isums[k]) - e * np.float32(corrs[k]))
-            for k in range(t):
-                out[k, r] = acc[k]
-
-
-# One entry point per type and kernel (Numba caches module-level functions only).
+# One entry point per type (Numba caches module-level functions only).
 
 @njit(cache=True)
 def matvec_int8_q2_k(out, w, x):
@@ -462,31 +416,7 @@ def matvec_int8_q6_k(out, w, x):
     matvec_int8_rows(out, w, x, Q6_K)
 
 
-@njit(cache=True)
-def matmul_int8_q2_k(out, w, x):
-    """out f32[t, rows] <- x f32[t, n] @ w.T, w u8[rows, n/256*84] (Q2_K), int8 activations."""
-    matmul_int8_rows(out, w, x, Q2_K)
-
-
-@njit(cache=True)
-def matmul_int8_q3_k(out, w, x):
-    """out f32[t, rows] <- x f32[t, n] @ w.T, w u8[rows, n/256*110] (Q3_K), int8 activations."""
-    matmul_int8_rows(out, w, x, Q3_K)
-
-
-@njit(cache=True)
-def matmul_int8_q4_k(out, w, x):
-    """out f32[t, rows] <- x f32[t, n] @ w.T, w u8[rows, n/256*144] (Q4_K), int8 activations."""
-    matmul_int8_rows(out, w, x, Q4_K)
-
-
-@njit(cache=True)
-def matmul_int8_q5_k(out, w, x):
-    """out f32[t, rows] <- x f32[t, n] @ w.T, w u8[rows, n/256*176] (Q5_K), int8 activations."""
-    matmul_int8_rows(out, w, x, Q5_K)
-
-
-@njit(cache=True)
-def matmul_int8_q6_k(out, w, x):
-    """out f32[t, rows] <- x f32[t, n] @ w.T, w u8[rows, n/256*210] (Q6_K), int8 activations."""
-    matmul_int8_rows(out, w, x, Q6_K)
+# The prefill kernels (register tiles over several weight and activation rows) live in
+# kquants_tiles.py, which builds on this module's decoders; imported last for that reason.
+from .kquants_tiles import (matmul_int8_q2_k, matmul_int8_q3_k, matmul_int8_q4_k,  # noqa: E402,F401
+                            matmul_int8_q5_k, matmul_int8_q6_k)

@@ -158,35 +158,31 @@ def test_registered_int8_kernels_are_exact_on_quantized_activations(qtype):
 
 @pytest.mark.parametrize("qtype", K_TYPES, ids=lambda t: t.name)
 def test_int8_block_sums_without_x86_instructions(qtype, monkeypatch):
-    """The portable vector IR (used where AVX2 is absent) computes the same block sums."""
+    """The portable vector IR (used where AVX2 is absent) computes the same block sums.
+    (The matmul's register tiles get the same check in test_quant_kquants_int8.py.)"""
     monkeypatch.setattr(kquants_int8, "X86_AVX2", False)
-    sums, sums_rows, scales = kquants_int8.INT8_KERNELS[int(qtype)]
+    kernels = kquants_int8.INT8_KERNELS[int(qtype)]
+    sums, scales = kernels.block_sums, kernels.scales
 
     @njit  # compiled here, after the patch, so the intrinsics emit the portable form
-    def products(one, batch, w, xd, xq, bsums, nbytes):
-        isums = np.empty(xq.shape[0], np.int32)
-        corrs = np.empty(xq.shape[0], np.int32)
+    def products(one, w, xd, xq, bsums, nbytes):
         for r in range(w.shape[0]):
-            for blk in range(xd.shape[1]):
+            for blk in range(xd.shape[0]):
                 i = blk * nbytes
                 d, e = scales(w[r], i)
-                isum, corr = sums(w[r], i, xq[0], blk * 256, bsums[0], blk * 16)
-                one[r] += xd[0, blk] * (d * np.float32(isum) - e * np.float32(corr))
-                sums_rows(w[r], i, xq, blk * 256, bsums, blk * 16, isums, corrs)
-                for k in range(xq.shape[0]):
-                    batch[k, r] += xd[k, blk] * (d * np.float32(isums[k]) - e * np.float32(corrs[k]))
+                isum, corr = sums(w[r], i, xq, blk * 256, bsums, blk * 16)
+                one[r] += xd[blk] * (d * np.float32(isum) - e * np.float32(corr))
 
     rng = np.random.default_rng(300 + int(qtype))
     rows, n = 9, 512
     w, wf = weights_and_reference(qtype, rows, n, rng)
-    x = rng.standard_normal((3, n)).astype(np.float32)
-    parts = np.frombuffer(quant.quantize(x, T.Q8_K).tobytes(), dtype=Q8_K_BLOCK).reshape(3, -1)
-    one, batch = np.zeros(rows, np.float32), np.zeros((3, rows), np.float32)
-    products(one, batch, w, parts["d"].copy(), parts["qs"].reshape(3, n).copy(),
-             parts["bsums"].reshape(3, -1).copy(), GGML_QUANT_SIZES[qtype][1])
+    x = rng.standard_normal((1, n)).astype(np.float32)
+    parts = np.frombuffer(quant.quantize(x, T.Q8_K).tobytes(), dtype=Q8_K_BLOCK)
+    one = np.zeros(rows, np.float32)
+    products(one, w, parts["d"].copy(), parts["qs"].reshape(n).copy(), parts["bsums"].reshape(-1).copy(),
+             GGML_QUANT_SIZES[qtype][1])
     xq = q8_k_activations(x)
     assert relative_error(one, wf @ xq[0], np.abs(wf) @ np.abs(xq[0])) < 1e-6
-    assert relative_error(batch, xq @ wf.T, np.abs(xq) @ np.abs(wf).T) < 1e-6
 
 
 FLOAT_MATVECS = {t: getattr(kquants_dot, f"matvec_{t.name.lower()}") for t in K_TYPES + [T.Q8_K]}
