@@ -9,24 +9,27 @@ and every weight block is then dotted with it in integer arithmetic:
 All five types share one shape. A block is 8 groups of 32 unsigned quants in element order
 (offsets such as Q3_K's -4 and Q6_K's -32 are moved into the bsum term); each group is
 multiplied with its 32 int8 activations into 16 pair sums (`pmaddubsw`), those are
-multiplied by the group's sub-block scales and summed into 8 int32 lanes (`pmaddwd`), and
-the lanes are reduced once per block. This is written as LLVM vector IR because Numba
-widens every integer product to int64, which vectorizes four times narrower. On x86 with
-AVX2 the two multiply-add steps are the named instructions; elsewhere the same arithmetic is
-plain vector IR that LLVM lowers for the target (no sum here can saturate int16: at most
-2 * 63 * 128).
+multiplied by the group's sub-block scales and summed into 8 int32 lanes (`pmaddwd`; LLVM
+fuses the add into `vpdpwssd` with AVX-512 VNNI). The block's lanes (and those of the bsum
+term) are not reduced: they are converted and folded into 8 float lanes with the block's
+float scales, acc += float(isum) * (d * dx) - float(corr) * (e * dx), and the row's 8 lanes
+are summed once at the end. This is written as LLVM vector IR because Numba widens every
+integer product to int64, which vectorizes four times narrower. On x86 with AVX2 the two
+multiply-add steps are the named instructions; elsewhere the same arithmetic is plain vector
+IR that LLVM lowers for the target (no sum here can saturate int16: at most 2 * 63 * 128).
 
 Per type, a decoder written against `_Unpack` yields the block as `Decoded` (8 groups of
-quants, per sub-block scales and correction coefficients); `_block_sums_kernel` turns it into
-the intrinsic `block_sums_X` (one activation row -> (isum, corr)), and `scales_X` gives the
-block's float (d, e) with value = d * isum - e * corr. The prefill matmul (kquants_tiles.py)
-takes the same decoders and re-packs their output for its register tiles.
+quants, per sub-block scales and correction coefficients) and `scales_X` gives the block's
+float (d, e) with value = d * isum - e * corr; `row_dot` runs them over a row. The prefill
+matmul (kquants_tiles.py) takes the same decoders and re-packs their output for its
+register tiles.
 """
 from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
 import numpy as np
+from gguf import GGML_QUANT_SIZES
 from llvmlite import binding as llvm_binding, ir
 from numba import literally, njit, prange, types
 from numba.core import cgutils, config
@@ -140,10 +143,6 @@ def _dot4(builder, acc, u, s):
     return builder.add(acc, _madd_words(builder, _madd_bytes(builder, u, s), ones))
 
 
-def _reduce(builder, v):
-    return _call(builder, f"llvm.vector.reduce.add.v{v.type.count}i32", _I32, [v])
-
-
 class Decoded(NamedTuple):
     """One weight block as the dot kernels take it (IR values).
 
@@ -170,17 +169,15 @@ def _groups(u, dec):
     return groups, u.shuffle(dec.mins, [s * per // 16 for s in range(16)])
 
 
-def _dot_block(builder, groups, coefs, xp, bp):
-    """(isum, corr) i32 of decoded groups against 256 int8 at xp and 16 int16 bsums at bp.
-
-    groups, coefs: as _groups returns them; corr = sum_s coefs[s] * bsums[s].
-    """
+def _block_lanes(builder, groups, coefs, xp, bp):
+    """(isum, corr) <8 x i32> lanes of decoded groups against 256 int8 at xp and 16 int16
+    bsums at bp; groups, coefs as _groups returns them; corr = sum_s coefs[s] * bsums[s]."""
     acc = ir.Constant(_vec(_I32, 8), None)
     for g, (quants, weights16) in enumerate(groups):
         x = _load(builder, xp, ir.Constant(_I32, 32 * g), _I8, 32)
         acc = builder.add(acc, _madd_words(builder, _madd_bytes(builder, quants, x), weights16))
     bsums = _load(builder, bp, ir.Constant(_I32, 0), _I16, 16)
-    return _reduce(builder, acc), _reduce(builder, _madd_words(builder, bsums, coefs))
+    return acc, _madd_words(builder, bsums, coefs)
 
 
 def _data(context, builder, arrty, arr):
@@ -190,26 +187,6 @@ def _data(context, builder, arrty, arr):
 def _contiguous(*arrays):
     """The intrinsics address memory directly: only C-contiguous arrays are accepted."""
     return all(isinstance(a, types.Array) and a.layout == "C" for a in arrays)
-
-
-def _block_sums_kernel(decode):
-    """block_sums(w u8[:], i, xq i8[:], xo, bsums i16[:], so) -> (isum, corr) i32: the block
-    at w[i:] (decoded by `decode(unpack) -> Decoded`) against one Q8_K activation row."""
-    def sums(typingctx, w, i, xq, xo, bsums, so):
-        if not _contiguous(w, xq, bsums):
-            return None
-
-        def codegen(context, builder, sig, args):
-            w_, i_, xq_, xo_, bsums_, so_ = args
-            unpack = _Unpack(builder, _data(context, builder, sig.args[0], w_).data, i_)
-            xp = builder.gep(_data(context, builder, sig.args[2], xq_).data, [xo_])
-            bp = builder.gep(_data(context, builder, sig.args[4], bsums_).data, [so_])
-            isum, corr = _dot_block(builder, *_groups(unpack, decode(unpack)), xp, bp)
-            return context.make_tuple(builder, sig.return_type, [isum, corr])
-        return types.UniTuple(types.int32, 2)(w, i, xq, xo, bsums, so), codegen
-
-    sums.__name__ = f"block_sums_{decode.__name__}"
-    return intrinsic(sums)
 
 
 def _scales_mins_k4(u):
@@ -316,31 +293,16 @@ class KInt8(NamedTuple):
     decode: Callable      # IR: decode(_Unpack) -> Decoded
     sub_blocks: int       # scales per block: 16 (sub-blocks of 16 values) or 8 (of 32)
     offset: int           # decoded quants are q + offset (then mins = scales, e = offset * d); 0: real mins
-    block_sums: Callable  # intrinsic: (isum, corr) against one Q8_K row (_block_sums_kernel)
     scales: Callable      # njit (w, i) -> (d, e) float32: block . x = d * isum - e * corr
 
 
 INT8_KERNELS = {
-    Q2_K: KInt8(q2_k, 16, 0, _block_sums_kernel(q2_k), scales_q2_k),
-    Q3_K: KInt8(q3_k, 16, 4, _block_sums_kernel(q3_k), scales_q3_k),
-    Q4_K: KInt8(q4_k, 8, 0, _block_sums_kernel(q4_k), scales_q4_k),
-    Q5_K: KInt8(q5_k, 8, 0, _block_sums_kernel(q5_k), scales_q4_k),  # same d, dmin fields
-    Q6_K: KInt8(q6_k, 16, 32, _block_sums_kernel(q6_k), scales_q6_k),
+    Q2_K: KInt8(q2_k, 16, 0, scales_q2_k),
+    Q3_K: KInt8(q3_k, 16, 4, scales_q3_k),
+    Q4_K: KInt8(q4_k, 8, 0, scales_q4_k),
+    Q5_K: KInt8(q5_k, 8, 0, scales_q4_k),  # same d, dmin fields
+    Q6_K: KInt8(q6_k, 16, 32, scales_q6_k),
 }
-
-
-def block_sums(qtype, w, i, xq, xo, bsums, so):
-    """Numba-only: (isum, corr) of the literal-`qtype` block at w[i:] against one Q8_K row."""
-    raise NotImplementedError("block_sums is callable from Numba code only")
-
-
-@overload(block_sums, inline="always")
-def _block_sums(qtype, w, i, xq, xo, bsums, so):
-    entry = table_entry(INT8_KERNELS, qtype)
-    if entry is None:
-        return None
-    fn = entry.block_sums
-    return lambda qtype, w, i, xq, xo, bsums, so: fn(w, i, xq, xo, bsums, so)
 
 
 def block_scales(qtype, w, i):
@@ -357,12 +319,51 @@ def _block_scales(qtype, w, i):
     return lambda qtype, w, i: fn(w, i)
 
 
-@njit(inline="always")
-def dot_int8_block(qtype, w, i, xq, xo, bsums, so):
-    """The literal-`qtype` block at w[i:] dotted with Q8_K parts xq[xo:], bsums[so:] (no dx)."""
-    isum, corr = block_sums(qtype, w, i, xq, xo, bsums, so)
-    d, e = block_scales(qtype, w, i)
-    return d * np.float32(isum) - e * np.float32(corr)
+@intrinsic
+def row_dot(typingctx, w, xq, bsums, xd, qtype):
+    """float32: the weight row w u8[n/256*bytes] of literal type qtype dotted with the Q8_K
+    parts xq i8[n], bsums i16[n/16], xd f32[n/256] of one activation row.
+
+    Per block the int32 lanes (isum, corr) are folded into float lanes,
+    acc += float(isum) * (d * dx) + float(corr) * (-e * dx), summed once at the end: no
+    horizontal reduction or scalar tail per block.
+    """
+    entry = table_entry(INT8_KERNELS, qtype)
+    if entry is None or not _contiguous(w, xq, bsums, xd):
+        return None
+    nbytes = GGML_QUANT_SIZES[qtype.literal_value][1]
+    scales = entry.scales
+    f32, v8f = ir.FloatType(), _vec(ir.FloatType(), 8)
+    scales_sig = types.UniTuple(types.float32, 2)(w, types.intp)
+
+    def codegen(context, builder, sig, args):
+        w_a, xq_a, bs_a, xd_a = (_data(context, builder, sig.args[k], args[k]) for k in range(4))
+        n_blocks = cgutils.unpack_tuple(builder, xd_a.shape, 1)[0]
+        intp = n_blocks.type
+        acc = cgutils.alloca_once_value(builder, ir.Constant(v8f, None))
+        with cgutils.for_range(builder, n_blocks) as loop:
+            blk = loop.index
+            i = builder.mul(blk, ir.Constant(intp, nbytes))
+            unpack = _Unpack(builder, w_a.data, i)
+            xp = builder.gep(xq_a.data, [builder.mul(blk, ir.Constant(intp, QK_K))])
+            bp = builder.gep(bs_a.data, [builder.mul(blk, ir.Constant(intp, 16))])
+            isum, corr = _block_lanes(builder, *_groups(unpack, decode(unpack)), xp, bp)
+            d_e = context.compile_internal(builder, lambda w, i: scales(w, i), scales_sig, [args[0], i])
+            dx = builder.load(builder.gep(xd_a.data, [blk]))
+            d = builder.fmul(builder.extract_value(d_e, 0), dx)
+            e = builder.fneg(builder.fmul(builder.extract_value(d_e, 1), dx))
+            total = builder.load(acc)
+            for lanes, factor in ((isum, d), (corr, e)):
+                total = _call(builder, "llvm.fma.v8f32", v8f, [builder.sitofp(lanes, v8f), _splat(builder, factor, 8), total])
+            builder.store(total, acc)
+        return _call(builder, "llvm.vector.reduce.fadd.v8f32", f32, [ir.Constant(f32, 0.0), builder.load(acc)])
+    decode = entry.decode
+    return types.float32(w, xq, bsums, xd, qtype), codegen
+
+
+def _splat(builder, value, n):
+    vec = builder.insert_element(ir.Constant(_vec(value.type, n), None), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(vec, vec, ir.Constant(_vec(_I32, n), None))
 
 
 @njit(cache=True, parallel=True)
@@ -377,11 +378,7 @@ def matvec_int8_rows(out, w, x, qtype):
     bsums = np.empty(n // 16, np.int16)
     quantize_q8_k_parts(xd, xq, bsums, x)
     for r in prange(w.shape[0]):
-        row = w[r]
-        acc = np.float32(0.0)
-        for blk in range(n_blocks):
-            acc += xd[blk] * dot_int8_block(qtype, row, blk * nbytes, xq, blk * QK_K, bsums, blk * 16)
-        out[r] = acc
+        out[r] = row_dot(w[r], xq, bsums, xd, qtype)
 
 
 # One entry point per type (Numba caches module-level functions only).

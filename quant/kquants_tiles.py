@@ -52,7 +52,7 @@ from numba.extending import intrinsic, overload
 from .kquants import QK_K, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, block_bytes, table_entry
 from .kquants_dot import check_dot_shapes
 from .kquants_int8 import (INT8_KERNELS, _I8, _I32, _Unpack, _call, _consts, _contiguous, _data,
-                           _dot4, _load, _vec, block_scales)
+                           _dot4, _load, _splat, _vec, block_scales)
 
 TILE_ROWS = 4  # weight rows per register tile
 TILE_COLS = 3  # activation rows per register tile (4 x 3 pairs: 12 accumulators + 12 lane sums)
@@ -124,11 +124,6 @@ def _lane_vectors(builder, groups, sub_blocks):
 
 def _store_lanes(builder, vectors, base, offset):
     _store(builder, _concat(builder, vectors), base, offset)
-
-
-def _splat(builder, value, n):
-    vec = builder.insert_element(ir.Constant(_vec(value.type, n), None), value, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(vec, vec, ir.Constant(_vec(_I32, n), None))
 
 
 def _sub_blocks(qtype):

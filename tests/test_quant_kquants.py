@@ -157,32 +157,26 @@ def test_registered_int8_kernels_are_exact_on_quantized_activations(qtype):
 
 
 @pytest.mark.parametrize("qtype", K_TYPES, ids=lambda t: t.name)
-def test_int8_block_sums_without_x86_instructions(qtype, monkeypatch):
-    """The portable vector IR (used where AVX2 is absent) computes the same block sums.
+def test_int8_row_dot_without_x86_instructions(qtype, monkeypatch):
+    """The portable vector IR (used where AVX2 is absent) computes the same row dots.
     (The matmul's register tiles get the same check in test_quant_kquants_int8.py.)"""
     monkeypatch.setattr(kquants_int8, "X86_AVX2", False)
-    kernels = kquants_int8.INT8_KERNELS[int(qtype)]
-    sums, scales = kernels.block_sums, kernels.scales
+    q = int(qtype)
 
-    @njit  # compiled here, after the patch, so the intrinsics emit the portable form
-    def products(one, w, xd, xq, bsums, nbytes):
+    @njit  # compiled here, after the patch, so the intrinsic emits the portable form
+    def products(out, w, xq, bsums, xd):
         for r in range(w.shape[0]):
-            for blk in range(xd.shape[0]):
-                i = blk * nbytes
-                d, e = scales(w[r], i)
-                isum, corr = sums(w[r], i, xq, blk * 256, bsums, blk * 16)
-                one[r] += xd[blk] * (d * np.float32(isum) - e * np.float32(corr))
+            out[r] = kquants_int8.row_dot(w[r], xq, bsums, xd, q)
 
     rng = np.random.default_rng(300 + int(qtype))
     rows, n = 9, 512
     w, wf = weights_and_reference(qtype, rows, n, rng)
     x = rng.standard_normal((1, n)).astype(np.float32)
     parts = np.frombuffer(quant.quantize(x, T.Q8_K).tobytes(), dtype=Q8_K_BLOCK)
-    one = np.zeros(rows, np.float32)
-    products(one, w, parts["d"].copy(), parts["qs"].reshape(n).copy(), parts["bsums"].reshape(-1).copy(),
-             GGML_QUANT_SIZES[qtype][1])
+    out = np.zeros(rows, np.float32)
+    products(out, w, parts["qs"].reshape(n).copy(), parts["bsums"].reshape(-1).copy(), parts["d"].copy())
     xq = q8_k_activations(x)
-    assert relative_error(one, wf @ xq[0], np.abs(wf) @ np.abs(xq[0])) < 1e-6
+    assert relative_error(out, wf @ xq[0], np.abs(wf) @ np.abs(xq[0])) < 1e-6
 
 
 FLOAT_MATVECS = {t: getattr(kquants_dot, f"matvec_{t.name.lower()}") for t in K_TYPES + [T.Q8_K]}
