@@ -260,12 +260,13 @@ def put_weight_block(typingctx, panel, r, blk, w, i, d, e, qtype):
 
 
 @intrinsic
-def tile_dots(typingctx, acc, wpanel, xpanel, qtype):
+def tile_dots(typingctx, acc, wpanel, xpanel, fresh, qtype):
     """acc f32[TILE_COLS * TILE_ROWS * 8] += the dot products of a weight panel
     u8[blocks * weight_record] with an activation panel u8[blocks * activation_record], as
-    8 partial sums per pair (pair (c, r) at 8 * (c * TILE_ROWS + r))."""
+    8 partial sums per pair (pair (c, r) at 8 * (c * TILE_ROWS + r)); `fresh` (bool): start
+    from zero instead (acc's old contents are ignored)."""
     per = _sub_blocks(qtype)
-    if per is None or not _contiguous(acc, wpanel, xpanel):
+    if per is None or not _contiguous(acc, wpanel, xpanel) or not isinstance(fresh, types.Boolean):
         return None
     shifted = INT8_KERNELS[qtype.literal_value].offset != 0
     groups = per // 8                  # lane groups per block
@@ -279,7 +280,9 @@ def tile_dots(typingctx, acc, wpanel, xpanel, qtype):
         n_blocks = builder.udiv(cgutils.unpack_tuple(builder, wp_a.shape, 1)[0], _intp(w_record))
         pairs = [(r, c) for r in range(TILE_ROWS) for c in range(TILE_COLS)]
         sums = {(r, c): builder.gep(acc_a.data, [_intp(8 * (c * TILE_ROWS + r))]) for r, c in pairs}
-        accs = {p: cgutils.alloca_once_value(builder, _load(builder, sums[p], _intp(0), _F32, 8)) for p in pairs}
+        fresh = context.cast(builder, args[3], sig.args[3], types.boolean)
+        accs = {p: cgutils.alloca_once_value(builder, builder.select(
+            fresh, ir.Constant(_V8F, None), _load(builder, sums[p], _intp(0), _F32, 8))) for p in pairs}
         with cgutils.for_range(builder, n_blocks) as loop:
             wb = builder.gep(wp_a.data, [builder.mul(loop.index, _intp(w_record))])
             xb = builder.gep(xp_a.data, [builder.mul(loop.index, _intp(x_record))])
@@ -316,7 +319,7 @@ def tile_dots(typingctx, acc, wpanel, xpanel, qtype):
         for p in pairs:
             _store(builder, builder.load(accs[p]), sums[p], _intp(0))
         return context.get_dummy_value()
-    return types.none(acc, wpanel, xpanel, qtype), codegen
+    return types.none(acc, wpanel, xpanel, fresh, qtype), codegen
 
 
 def panel_layout(qtype):
@@ -370,12 +373,12 @@ def matmul_int8_tiles(out, w, x, qtype):
                 i = blk * nbytes
                 d, e = block_scales(qtype, row, i)
                 put_weight_block(wpanel, r, blk, row, i, d, e, qtype)
-        acc = np.zeros((x_tiles, TILE_COLS * TILE_ROWS * 8), np.float32)
+        acc = np.empty((x_tiles, TILE_COLS * TILE_ROWS * 8), np.float32)
         for b0 in range(0, n_blocks, CHUNK_BLOCKS):
             b1 = min(n_blocks, b0 + CHUNK_BLOCKS)
             wchunk = wpanel[b0 * w_record:b1 * w_record]
             for xt in range(x_tiles):
-                tile_dots(acc[xt], wchunk, xpanels[xt][b0 * x_record:b1 * x_record], qtype)
+                tile_dots(acc[xt], wchunk, xpanels[xt][b0 * x_record:b1 * x_record], b0 == 0, qtype)
         for xt in range(x_tiles):
             for c in range(min(TILE_COLS, t - xt * TILE_COLS)):
                 for r in range(n_rows):
