@@ -8,6 +8,8 @@ the dequantized Q8 activations.
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ from numba import njit
 
 import lanternlm.quant as Q
 from lanternlm.formats.gguf import read_gguf
-from lanternlm.quant import kquants_int8, legacy, legacy_int8
+from lanternlm.quant import kquants_int8, legacy, legacy_int8, legacy_tiles
 
 _spec = importlib.util.spec_from_file_location(
     "quant_inputs", os.path.join(os.path.dirname(__file__), "data", "quant_inputs.py"))
@@ -123,33 +125,131 @@ def test_matvec_and_matmul_are_llama_cpp_vec_dot_bit_for_bit(case):
     assert same_bits(Q.matmul(w, qtype, shape, x), expected)
 
 
-# one case per type for the portable-IR check (each compiles its own kernels)
-PORTABLE_CASES = [next(c for c in FIXTURES["dots"] if c["type"] == t.name and c["n"] > 32) for t in LEGACY]
+def tile_harness(qtype, shape):
+    """A plain (not parallel) njit running the matmul intrinsics of legacy_tiles for one
+    tile shape, built now (under whatever x86 flags a test has set): products(out f32[t, rows],
+    w, x f32[t, n]) loops over the tiles as the registered matmul does."""
+    n_w, n_act = shape
+    stage = legacy_tiles._stage_kernel(qtype, n_w)
+    dot_tile = legacy_tiles._dot_tile_kernel(qtype, n_w, n_act)
+    dot_column = legacy_tiles._dot_column_kernel(qtype, n_w)
+
+    @njit
+    def run(out, w, ws, us, ps, xq, xd, xs, xc):
+        t = xq.shape[0]
+        t_full = t - t % n_act
+        for r0 in range(0, w.shape[0], n_w):
+            stage(ws, us, r0, w)
+            for k in range(0, t_full, n_act):
+                dot_tile(out, r0, ws, us, xq, xd, xs, xc, ps, k)
+            for k in range(t_full, t):
+                dot_column(out, r0, w, xq, xd, xs, xc, k)
+
+    shift = legacy_int8.shift_of(qtype)  # the flags now, as the intrinsics see them
+
+    def products(out, w, x):
+        t, n = x.shape
+        d, s, qs = q8_parts(x, WITH_SUMS[qtype])
+        xc = np.empty((t, n // 4 if shift else 0), np.int32)
+        for k in range(t):
+            if shift:
+                legacy_int8.offset_lanes(xc[k], qs[k], shift)
+        ws = np.empty((n // 32, 2 * n_w), np.float32)
+        us = np.empty((n // 32, 32 * n_w), np.int8)
+        ps = np.empty(n // 32 * n_w * n_act, np.float32)
+        run(out, w, ws, us, ps, qs, np.ascontiguousarray(d.T), np.ascontiguousarray(s.T), xc)
+
+    return products
+
+
+# one case per type for the checks that compile kernels of their own
+ONE_CASE_PER_TYPE = [next(c for c in FIXTURES["dots"] if c["type"] == t.name and c["n"] > 32) for t in LEGACY]
 
 
 @pytest.mark.parametrize("flags", [dict(vnni=False, avx2=True, f16c=True),
                                    dict(vnni=False, avx2=False, f16c=False)], ids=["avx2", "portable"])
-@pytest.mark.parametrize("case", PORTABLE_CASES, ids=dot_id)
+@pytest.mark.parametrize("case", ONE_CASE_PER_TYPE, ids=dot_id)
 def test_dot_without_x86_extensions_gives_the_same_bits(case, flags, monkeypatch):
-    """The vector IR emitted without VNNI (pmaddubsw/pmaddwd) and without any x86 names
-    (plain vectors, integer f16 decoding) computes the same values."""
+    """The vector IR emitted without VNNI (pmaddubsw/pmaddwd, psign, no offset lanes) and
+    without any x86 names (plain vectors, integer f16 decoding) computes the same values, in
+    the tile those paths use and in a larger one."""
     monkeypatch.setattr(legacy_int8, "X86_VNNI", flags["vnni"])
     monkeypatch.setattr(legacy_int8, "X86_F16C", flags["f16c"])
     monkeypatch.setattr(kquants_int8, "X86_AVX2", flags["avx2"])
     qtype, w, x, expected = dot_case_inputs(case)
-    dot4 = legacy_int8._dot_rows_kernel(qtype, 4)  # fresh intrinsics, compiled after the patch
-    dot1 = legacy_int8._dot_rows_kernel(qtype, 1)
+    assert legacy_tiles.tile_shape() == legacy_tiles.TILE_PORTABLE
+    for shape in [legacy_tiles.TILE_PORTABLE, (4, 2)]:
+        out = np.full(expected.shape, np.nan, np.float32)
+        tile_harness(qtype, shape)(out, w, x)
+        assert same_bits(out, expected), shape
 
-    @njit
-    def products(out, w, xq, xd, xs):
-        for r in range(w.shape[0]):
-            dot4(out, r, w, xq, xd, xs, 0)
-            dot1(out, r, w, xq, xd, xs, 4)
 
-    d, s, qs = q8_parts(x, WITH_SUMS[qtype])
-    out = np.empty(expected.shape, np.float32)
-    products(out, w, qs, d, s)
-    assert same_bits(out, expected)
+@pytest.mark.parametrize("case", ONE_CASE_PER_TYPE, ids=dot_id)
+def test_tiles_of_other_shapes_give_the_same_bits(case):
+    """Tiles of 3 x 2 and 2 x 3 (6 weight rows: a clamped tile end; 5 activation rows: one
+    left over) and 5 x 1 against llama.cpp, on this machine's path (VNNI where there is)."""
+    qtype, w, x, expected = dot_case_inputs(case)
+    for shape in [(3, 2), (2, 3), (5, 1)]:
+        out = np.full(expected.shape, np.nan, np.float32)
+        tile_harness(qtype, shape)(out, w, x)
+        assert same_bits(out, expected), shape
+
+
+# rows: 1, 2, 3, 5 and 37 leave 1..3 rows to a clamped last tile of 4 (and a multiple of 4);
+# n = 32 is one block per row; t = 1..9 covers every remainder of the 4 activation rows a tile
+# takes, and no full tile at all
+REMAINDER_SHAPES = [(1, 32, 9), (2, 64, 1), (3, 96, 2), (4, 32, 3), (5, 160, 4), (37, 64, 5),
+                    (8, 32, 6), (6, 96, 7), (9, 128, 8), (7, 32, 9)]
+
+
+@by_type
+def test_tiled_matmul_equals_the_matvec_bit_for_bit(qtype):
+    """Every activation row of the matmul (tiles, clamped tile ends, left-over rows through
+    the one-row kernel) is the matvec of that row, bit for bit: the same operations per pair."""
+    rng = np.random.default_rng(70 + int(qtype))
+    matvec, matmul = legacy_int8.INT8_KERNELS[qtype]
+    for rows, n, t in REMAINDER_SHAPES:
+        w = Q.quantize((rng.standard_normal((rows, n)) * 0.05 + 0.01).astype(np.float32), qtype)
+        x = (rng.standard_normal((t, n)) * rng.choice([1e-3, 1.0, 40.0], (t, 1))).astype(np.float32)
+        out = np.full((t, rows), np.nan, np.float32)
+        matmul(out, w, x)
+        for k in range(t):
+            row = np.full(rows, np.nan, np.float32)
+            matvec(row, w, x[k])
+            assert same_bits(out[k], row), (rows, n, t, k)
+
+
+def test_offset_lanes_are_minus_shift_times_sums_of_four():
+    qs = np.random.default_rng(3).integers(-128, 128, 64).astype(np.int8)
+    lanes = np.empty(16, np.int32)
+    legacy_int8.offset_lanes(lanes, qs, 128)
+    assert lanes.tolist() == (-128 * qs.astype(np.int64).reshape(16, 4).sum(axis=1)).tolist()
+
+
+PORTABLE_SCRIPT = """
+import importlib.util, sys
+import numpy as np
+from lanternlm.quant import legacy_int8, legacy_tiles
+assert not legacy_int8.X86_VNNI and legacy_tiles.tile_shape() == legacy_tiles.TILE_PORTABLE
+spec = importlib.util.spec_from_file_location("legacy_int8_tests", sys.argv[1])
+tests = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tests)
+for case in tests.ONE_CASE_PER_TYPE:
+    qtype, w, x, expected = tests.dot_case_inputs(case)
+    out = np.full(expected.shape, np.nan, np.float32)
+    tests.tile_harness(qtype, legacy_tiles.TILE_PORTABLE)(out, w, x)
+    assert tests.same_bits(out, expected), case["type"]
+print("same bits")
+"""
+
+
+def test_portable_build_gives_the_same_bits():
+    """Compiled for a generic x86-64 (NUMBA_CPU_NAME=generic: no VNNI, AVX2 or F16C flags, and
+    LLVM may use none of them either), in a process of its own."""
+    env = dict(os.environ, NUMBA_CPU_NAME="generic")
+    result = subprocess.run([sys.executable, "-c", PORTABLE_SCRIPT, __file__], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "same bits" in result.stdout, result.stderr[-3000:]
 
 
 def q8_product(w, qtype, x):
