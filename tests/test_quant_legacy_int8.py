@@ -143,7 +143,7 @@ def tile_harness(qtype, shape):
             for k in range(0, t_full, n_act):
                 dot_tile(out, r0, ws, us, xq, xd, xs, xc, ps, k)
             for k in range(t_full, t):
-                dot_column(out, r0, w, xq, xd, xs, xc, k)
+                dot_column(out, r0, 1, w, xq, xd, xs, xc, k)
 
     shift = legacy_int8.shift_of(qtype)  # the flags now, as the intrinsics see them
 
