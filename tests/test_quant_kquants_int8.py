@@ -123,12 +123,15 @@ def test_activation_panels_hold_llama_q8_k_quants(qtype):
 
 @pytest.mark.parametrize("flags", [dict(vnni=False, avx2=True), dict(vnni=False, avx2=False)],
                          ids=["avx2", "portable"])
-def test_matmul_tiles_without_vnni(flags, monkeypatch):
-    """The byte dots without VNNI (AVX2 pmaddubsw, or plain vector IR) give the same products."""
+def test_matmul_tiles_without_vnni_in_several_passes(flags, monkeypatch):
+    """The byte dots without VNNI (AVX2 pmaddubsw, or plain vector IR) give the same products;
+    with PASS_BYTES cut to two activation panels, t = 3 panels runs in two passes."""
     monkeypatch.setattr(kquants_int8, "X86_VNNI", flags["vnni"])
     monkeypatch.setattr(kquants_int8, "X86_AVX2", flags["avx2"])
+    n = 512
+    monkeypatch.setattr(tiles, "PASS_BYTES", 2 * (n // 256) * tiles.activation_record(16))
     rng = np.random.default_rng(700)
-    body = njit(parallel=False)(tiles.matmul_int8_tiles.py_func)  # compiled after the patch
+    body = njit(parallel=False)(tiles.matmul_int8_tiles.py_func)  # compiled after the patches
     for qtype in (T.Q4_K, T.Q6_K):  # real mins / offset settled in the weight panel
         q = int(qtype)
 
@@ -136,4 +139,4 @@ def test_matmul_tiles_without_vnni(flags, monkeypatch):
         def matmul(out, w, x):
             body(out, w, x, q)
 
-        check_against_oracle(matmul, qtype, tiles.TILE_ROWS + 1, 512, (1, tiles.TILE_COLS + 1), rng)
+        check_against_oracle(matmul, qtype, tiles.TILE_ROWS + 1, n, (1, 3 * tiles.TILE_COLS), rng)
