@@ -366,10 +366,11 @@ def _splat(builder, value, n):
     return builder.shuffle_vector(vec, vec, ir.Constant(_vec(_I32, n), None))
 
 
-@njit(cache=True, parallel=True)
-def matvec_int8_rows(out, w, x, qtype):
-    """out f32[rows] <- w (u8[rows, row_bytes], literal type `qtype`) @ x f32[n], via Q8_K x."""
-    nbytes = block_bytes(literally(qtype))
+@njit(inline="always")
+def row_dots(out, w, x, qtype):
+    """out f32[rows] <- w (u8[rows, row_bytes], literal type `qtype`) @ x f32[n], via Q8_K x.
+    Inlined into its callers: the matvec, and the matmul for a single activation row."""
+    nbytes = block_bytes(qtype)
     n = x.size
     check_dot_shapes(out.size, w, n, nbytes)
     n_blocks = n // QK_K
@@ -379,6 +380,12 @@ def matvec_int8_rows(out, w, x, qtype):
     quantize_q8_k_parts(xd, xq, bsums, x)
     for r in prange(w.shape[0]):
         out[r] = row_dot(w[r], xq, bsums, xd, qtype)
+
+
+@njit(cache=True, parallel=True)
+def matvec_int8_rows(out, w, x, qtype):
+    """out f32[rows] <- w (u8[rows, row_bytes], literal type `qtype`) @ x f32[n], via Q8_K x."""
+    row_dots(out, w, x, literally(qtype))
 
 
 # One entry point per type (Numba caches module-level functions only).

@@ -52,7 +52,7 @@ from numba.extending import intrinsic, overload
 from .kquants import QK_K, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, block_bytes, table_entry
 from .kquants_dot import check_dot_shapes
 from .kquants_int8 import (INT8_KERNELS, _I8, _I32, _Unpack, _call, _consts, _contiguous, _data,
-                           _dot4, _load, _splat, _vec, block_scales)
+                           _dot4, _load, _splat, _vec, block_scales, row_dots)
 
 TILE_ROWS = 4  # weight rows per register tile
 TILE_COLS = 3  # activation rows per register tile (4 x 3 pairs: 12 accumulators + 12 lane sums)
@@ -393,6 +393,9 @@ def matmul_int8_tiles(out, w, x, qtype):
     check_dot_shapes(out.shape[1], w, n, nbytes)
     if out.shape[0] != t:
         raise ValueError("K-quant matmul: output rows do not match the activation rows")
+    if t == 1:  # a tile would waste two thirds of its work
+        row_dots(out[0], w, x[0], qtype)
+        return
     per, w_record, x_record = panel_layout(qtype)
     n_blocks = n // QK_K
     x_tiles = (t + TILE_COLS - 1) // TILE_COLS
