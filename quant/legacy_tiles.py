@@ -25,11 +25,14 @@ one slice of a single scratch allocation (an allocation per tile cost as much as
 
 matvec. One activation row: each weight block serves one pair, so `dot_column` unpacks it
 where it is used and splats its scale from a register, 4 weight rows per pass (independent
-accumulation chains, one activation load for 4 rows), no scratch. The 4 rows of a pass are a
-quarter of the matrix apart (r, r + S, r + 2S, r + 3S): each is then one ascending stream
-through memory, which the hardware prefetchers follow; 4 adjacent rows read block by block
-made a matrix streamed from DRAM (a 262144 x 640 Q8_0 output head) 3x slower than one row at
-a time, while from L2/L3 either order is as fast.
+accumulation chains, one activation load for 4 rows), no scratch.
+
+The weight rows of a tile (both kernels) are a quarter of the matrix apart: tile r holds rows
+r, r + S, r + 2S, r + 3S (S = the number of tiles; rows past the last are read as the last and
+not written). Each of them is then one ascending stream through memory, which the hardware
+prefetchers follow: 4 adjacent rows read block by block made a matrix streamed from DRAM (a
+262144 x 640 Q8_0 output head, or a 35 MB matmul with a few activation rows) 3x slower than
+one row at a time; from L2/L3 either order is as fast.
 
 Without VNNI the tile is 1 x 4, as before the tiling: each pair needs its own psign there
 (pmaddubsw saturates, so the offset correction is not exact for Q8_0), and AVX2 has 16
@@ -98,15 +101,25 @@ class _Emit:
     def shape(self, array):
         return cgutils.unpack_tuple(self.b, array.shape, array.shape.type.count)
 
-    def tile_rows(self, r0, n_rows, n_w, stride=None):
-        """The n_w row indices r0, r0 + stride, ... (stride 1 by default), those past the last
-        row clamped to it."""
+    def tile_rows(self, r0, stride, n_rows, n_w):
+        """(rows, real): the n_w row indices r0, r0 + stride, ..., those past the last row
+        clamped to it (read, never written: real[i] says whether row i is itself; None for
+        row 0, which callers keep in range)."""
         last = self.b.sub(n_rows, self.const(1))
-        rows = [r0]
+        rows, real = [r0], [None]
         for i in range(1, n_w):
-            r = self.b.add(r0, self.const(i) if stride is None else self.b.mul(stride, self.const(i)))
-            rows.append(self.b.select(self.b.icmp_signed(">", r, last), last, r))
-        return rows
+            r = self.b.add(r0, self.b.mul(stride, self.const(i)))
+            real.append(self.b.icmp_signed("<=", r, last))
+            rows.append(self.b.select(real[-1], r, last))
+        return rows, real
+
+    def store_if(self, real, value, ptr):
+        """Store value at ptr when real (an i1, or None: always)."""
+        if real is None:
+            self.b.store(value, ptr)
+        else:
+            with self.b.if_then(real):
+                self.b.store(value, ptr)
 
     def vector(self, ptr, index, ty):
         return self.b.load(self.b.bitcast(self.b.gep(ptr, [index]), ty.as_pointer()), align=1)
@@ -116,26 +129,26 @@ class _Emit:
 
 
 def _stage_kernel(qtype, n_w: int):
-    """stage(ws f32[n/32, 2 * n_w], us i8[n/32 or 0, 32 * n_w], r0, w u8[rows, row_bytes]):
-    ws[b, i] = d and ws[b, n_w + i] = m (the _1 types) of block b of weight row r0 + i (rows
-    past the last clamped to it) and, when us has rows, us[b, 32 i: 32 i + 32] = that block's
-    quants unpacked (_BlockProducts.quants): a tile of weight rows decoded once for every
-    activation tile it meets."""
+    """stage(ws f32[n/32, 2 * n_w], us i8[n/32 or 0, 32 * n_w], r0, stride, w u8[rows, row_bytes]):
+    ws[b, i] = d and ws[b, n_w + i] = m (the _1 types) of block b of the tile's weight row i,
+    r0 + i * stride (rows past the last clamped to it), and, when us has rows,
+    us[b, 32 i: 32 i + 32] = that block's quants unpacked (_BlockProducts.quants): a tile of
+    weight rows decoded once for every activation tile it meets."""
     lay = LAYOUTS[qtype]
     if lay.m_at not in (None, lay.d_at + 2):
         raise ValueError(f"{qtype.name}: d and m must be adjacent halves (one conversion reads both)")
 
-    def stage(typingctx, ws, us, r0, w):
-        if not _typed((ws, us, r0, w), (F32_2D, I8_2D, None, U8_2D)):
+    def stage(typingctx, ws, us, r0, stride, w):
+        if not _typed((ws, us, r0, stride, w), (F32_2D, I8_2D, None, None, U8_2D)):
             return None
 
         def codegen(context, builder, sig, args):
             e = _Emit(context, builder, sig, args)
-            ws_a, us_a, w_a = e.arrays[0], e.arrays[1], e.arrays[3]
+            ws_a, us_a, w_a = e.arrays[0], e.arrays[1], e.arrays[4]
             n_blocks, ws_width = e.shape(ws_a)
             us_blocks, us_width = e.shape(us_a)
             n_rows, row_bytes = e.shape(w_a)
-            rows = e.tile_rows(e.ints[2], n_rows, n_w)
+            rows, _ = e.tile_rows(e.ints[2], e.ints[3], n_rows, n_w)
             products = _BlockProducts(builder, lay)
             # lanes 2i, 2i + 1 of the halves are (d, m) of row i: all d first, then all m
             order = _consts(_I32, list(range(0, 2 * n_w, 2)) + list(range(1, 2 * n_w, 2)))
@@ -150,40 +163,40 @@ def _stage_kernel(qtype, n_w: int):
                               e.at(e.const(32 * i), (blk, us_width)))
             return context.get_dummy_value()
 
-        return types.none(ws, us, r0, w), codegen
+        return types.none(ws, us, r0, stride, w), codegen
 
     stage.__name__ = f"stage{n_w}_{qtype.name.lower()}"
     return intrinsic(stage)
 
 
 def _dot_tile_kernel(qtype, n_w: int, n_act: int):
-    """dot_tile(out f32[t, rows], r0, ws, us, xq i8[t, n], xd f32[n/32, t], xs f32[n/32 or 0, t],
-    xc i32[t, n/4 or 0], ps f32[>= n/32 * n_act * n_w], k0) sets out[k0 + a, r] for a < n_act
-    and r = r0 .. r0 + n_w - 1 (past the last row clamped: a tile at the end recomputes the
-    last row), where ws, us are the weight rows staged (_stage_kernel), xq, xd, xs, xc the
-    activations' Q8 parts (xs read by the _1 types, xc, the offset lanes, when shift_of) and
-    ps scratch. Two passes over the blocks (see the module docstring); each of the n_w * n_act
-    dot products is an independent chain of exactly the matvec's operations. No bounds
-    checks: callers check the shapes once per call and keep r0 < rows, k0 + n_act <= t.
+    """dot_tile(out f32[t, rows], r0, stride, ws, us, xq i8[t, n], xd f32[n/32, t],
+    xs f32[n/32 or 0, t], xc i32[t, n/4 or 0], ps f32[>= n/32 * n_act * n_w], k0) sets
+    out[k0 + a, r] for a < n_act and the tile's rows r = r0 + i * stride that exist, where
+    ws, us are those rows staged (_stage_kernel), xq, xd, xs, xc the activations' Q8 parts
+    (xs read by the _1 types, xc, the offset lanes, when shift_of) and ps scratch. Two passes
+    over the blocks (see the module docstring); each of the n_w * n_act dot products is an
+    independent chain of exactly the matvec's operations. No bounds checks: callers check
+    the shapes once per call and keep r0 < rows, k0 + n_act <= t.
     """
     lay = LAYOUTS[qtype]
     tile = _vec(_F32, n_w * n_act)  # lane a * n_w + i: (weight row i, activation row a)
     by_row = _consts(_I32, [i for a in range(n_act) for i in range(n_w)])
     by_token = _consts(_I32, [a for a in range(n_act) for i in range(n_w)])
 
-    def dot_tile(typingctx, out, r0, ws, us, xq, xd, xs, xc, ps, k0):
-        args = (out, r0, ws, us, xq, xd, xs, xc, ps, k0)
-        if not _typed(args, (F32_2D, None, F32_2D, I8_2D, I8_2D, F32_2D, F32_2D, I32_2D, F32_1D, None)):
+    def dot_tile(typingctx, out, r0, stride, ws, us, xq, xd, xs, xc, ps, k0):
+        args = (out, r0, stride, ws, us, xq, xd, xs, xc, ps, k0)
+        if not _typed(args, (F32_2D, None, None, F32_2D, I8_2D, I8_2D, F32_2D, F32_2D, I32_2D, F32_1D, None)):
             return None
 
         def codegen(context, builder, sig, args):
             e = _Emit(context, builder, sig, args)
-            out_a, ws_a, us_a, xq_a, xd_a, xs_a, xc_a, ps_a = (e.arrays[k] for k in (0, 2, 3, 4, 5, 6, 7, 8))
-            r0, k0 = e.ints[1], e.ints[9]
+            out_a, ws_a, us_a, xq_a, xd_a, xs_a, xc_a, ps_a = (e.arrays[k] for k in (0, 3, 4, 5, 6, 7, 8, 9))
+            r0, stride, k0 = e.ints[1], e.ints[2], e.ints[10]
             n_rows = e.shape(out_a)[1]
             ws_width, us_width, n, n_lanes = (e.shape(a)[1] for a in (ws_a, us_a, xq_a, xc_a))
             n_blocks, n_tokens = e.shape(xd_a)
-            rows = e.tile_rows(r0, n_rows, n_w)
+            rows, real = e.tile_rows(r0, stride, n_rows, n_w)
             tokens = [e.plus(k0, a) for a in range(n_act)]
             products = _BlockProducts(builder, lay)
 
@@ -230,7 +243,7 @@ def _dot_tile_kernel(qtype, n_w: int, n_act: int):
                     if lay.m_at is not None:
                         m_sum = builder.extract_element(builder.load(mins), ir.Constant(_I32, a * n_w + i))
                         value = builder.fadd(value, m_sum)
-                    builder.store(value, builder.gep(out_a.data, [e.at(row, (token, n_rows))]))
+                    e.store_if(real[i], value, builder.gep(out_a.data, [e.at(row, (token, n_rows))]))
             return context.get_dummy_value()
 
         return types.none(*args), codegen
@@ -241,11 +254,11 @@ def _dot_tile_kernel(qtype, n_w: int, n_act: int):
 
 def _dot_column_kernel(qtype, n_w: int):
     """dot_column(out f32[t, rows], r0, stride, w u8[rows, row_bytes], xq, xd, xs, xc, k) sets
-    out[k, r] for r = r0, r0 + stride, ..., r0 + (n_w - 1) * stride (past the last row
-    clamped), with the activations' Q8 parts as in _dot_tile_kernel: the matvec, and the
-    matmul's activation rows left over from its tiles (stride 1).
-    One pass: each weight block is unpacked where it is used and its scale d_w * d_x splatted
-    from a register (one activation row, so nothing to share through scratch)."""
+    out[k, r] for the rows r = r0 + i * stride (i < n_w) that exist, with the activations' Q8
+    parts as in _dot_tile_kernel: the matvec, and the matmul's activation rows left over from
+    its tiles. One pass: each weight block is unpacked where it is used and its scale
+    d_w * d_x splatted from a register (one activation row, so nothing to share through
+    scratch)."""
     lay = LAYOUTS[qtype]
     pair = _vec(_F32, 2 * n_w)  # lanes 2i, 2i + 1: (d, m) of weight row i
 
@@ -261,7 +274,7 @@ def _dot_column_kernel(qtype, n_w: int):
             n_out, n, n_lanes = (e.shape(a)[1] for a in (out_a, xq_a, xc_a))
             n_blocks, n_tokens = e.shape(xd_a)
             n_rows, row_bytes = e.shape(w_a)
-            rows = e.tile_rows(r0, n_rows, n_w, stride)
+            rows, real = e.tile_rows(r0, stride, n_rows, n_w)
             products = _BlockProducts(builder, lay)
             accs = [cgutils.alloca_once_value(builder, ir.Constant(_V8F, None)) for _ in rows]
             mins = cgutils.alloca_once_value(builder, ir.Constant(pair, None))  # odd lanes: sum m_w * s_x
@@ -290,7 +303,7 @@ def _dot_column_kernel(qtype, n_w: int):
                 if lay.m_at is not None:
                     m_sum = builder.extract_element(builder.load(mins), ir.Constant(_I32, 2 * i + 1))
                     value = builder.fadd(value, m_sum)
-                builder.store(value, builder.gep(out_a.data, [e.at(row, (k, n_out))]))
+                e.store_if(real[i], value, builder.gep(out_a.data, [e.at(row, (k, n_out))]))
             return context.get_dummy_value()
 
         return types.none(*args), codegen
@@ -367,19 +380,19 @@ def _matmul_int8(out, w, x):
     _check_shapes(out.shape[0], out.shape[1], w, n, t)
     xq, xd, xs, xc = activation_parts(x)
     t_full = t - t % TILE_TOKENS
-    n_tiles = (w.shape[0] + TILE_ROWS - 1) // TILE_ROWS
+    n_tiles = (w.shape[0] + TILE_ROWS - 1) // TILE_ROWS  # tile r: rows r, r + n_tiles, ...
     n_groups = min(n_tiles, TILE_GROUPS)
-    size = scratch_size(n // BLOCK, t_full > 0)  # unpacked quants pay off in full tiles only
+    size = scratch_size(n // BLOCK, t_full > 0)
     buffer = np.empty(n_groups * size, np.float32)
     for group in prange(n_groups):
         ws, us, ps = scratch(buffer[group * size:(group + 1) * size], n // BLOCK, t_full > 0)
         for tile in range(group * n_tiles // n_groups, (group + 1) * n_tiles // n_groups):
-            r0 = tile * TILE_ROWS
-            stage(ws, us, r0, w)
+            if t_full:  # staged rows pay off in full tiles only
+                stage(ws, us, tile, n_tiles, w)
             for k in range(0, t_full, TILE_TOKENS):
-                dot_tile(out, r0, ws, us, xq, xd, xs, xc, ps, k)
+                dot_tile(out, tile, n_tiles, ws, us, xq, xd, xs, xc, ps, k)
             for k in range(t_full, t):
-                dot_column(out, r0, 1, w, xq, xd, xs, xc, k)
+                dot_column(out, tile, n_tiles, w, xq, xd, xs, xc, k)
 
 
 def tile_shape() -> tuple[int, int]:

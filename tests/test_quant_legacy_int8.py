@@ -138,12 +138,13 @@ def tile_harness(qtype, shape):
     def run(out, w, ws, us, ps, xq, xd, xs, xc):
         t = xq.shape[0]
         t_full = t - t % n_act
-        for r0 in range(0, w.shape[0], n_w):
-            stage(ws, us, r0, w)
+        n_tiles = (w.shape[0] + n_w - 1) // n_w  # tile r: rows r, r + n_tiles, ...
+        for r in range(n_tiles):
+            stage(ws, us, r, n_tiles, w)
             for k in range(0, t_full, n_act):
-                dot_tile(out, r0, ws, us, xq, xd, xs, xc, ps, k)
+                dot_tile(out, r, n_tiles, ws, us, xq, xd, xs, xc, ps, k)
             for k in range(t_full, t):
-                dot_column(out, r0, 1, w, xq, xd, xs, xc, k)
+                dot_column(out, r, n_tiles, w, xq, xd, xs, xc, k)
 
     shift = legacy_int8.shift_of(qtype)  # the flags now, as the intrinsics see them
 
@@ -186,16 +187,17 @@ def test_dot_without_x86_extensions_gives_the_same_bits(case, flags, monkeypatch
 
 @pytest.mark.parametrize("case", ONE_CASE_PER_TYPE, ids=dot_id)
 def test_tiles_of_other_shapes_give_the_same_bits(case):
-    """Tiles of 3 x 2 and 2 x 3 (6 weight rows: a clamped tile end; 5 activation rows: one
-    left over) and 5 x 1 against llama.cpp, on this machine's path (VNNI where there is)."""
+    """Tiles of 3 x 2 and 2 x 3 (6 weight rows; 5 activation rows: one left over) and 5 x 1
+    and 4 x 4 (6 rows: tiles with rows past the last) against llama.cpp, on this machine's
+    path (VNNI where there is)."""
     qtype, w, x, expected = dot_case_inputs(case)
-    for shape in [(3, 2), (2, 3), (5, 1)]:
+    for shape in [(3, 2), (2, 3), (5, 1), (4, 4)]:
         out = np.full(expected.shape, np.nan, np.float32)
         tile_harness(qtype, shape)(out, w, x)
         assert same_bits(out, expected), shape
 
 
-# rows: 1, 2, 3, 5 and 37 leave 1..3 rows to a clamped last tile of 4 (and a multiple of 4);
+# rows: 1, 2, 3, 5 and 37 leave tiles of 4 with 1..3 rows past the last (and a multiple of 4);
 # n = 32 is one block per row; t = 1..9 covers every remainder of the 4 activation rows a tile
 # takes, and no full tile at all
 REMAINDER_SHAPES = [(1, 32, 9), (2, 64, 1), (3, 96, 2), (4, 32, 3), (5, 160, 4), (37, 64, 5),
@@ -204,8 +206,9 @@ REMAINDER_SHAPES = [(1, 32, 9), (2, 64, 1), (3, 96, 2), (4, 32, 3), (5, 160, 4),
 
 @by_type
 def test_tiled_matmul_equals_the_matvec_bit_for_bit(qtype):
-    """Every activation row of the matmul (tiles, clamped tile ends, left-over rows through
-    the one-row kernel) is the matvec of that row, bit for bit: the same operations per pair."""
+    """Every activation row of the matmul (tiles, tiles with rows past the last, left-over
+    activation rows through the one-row kernel) is the matvec of that row, bit for bit: the
+    same operations per pair. NaN-filled outputs show any element left unwritten."""
     rng = np.random.default_rng(70 + int(qtype))
     matvec, matmul = legacy_int8.INT8_KERNELS[qtype]
     for rows, n, t in REMAINDER_SHAPES:
