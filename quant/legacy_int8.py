@@ -39,8 +39,9 @@ from dataclasses import dataclass
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 from llvmlite import binding as llvm_binding, ir
-from numba import njit
+from numba import njit, types
 from numba.core import config
+from numba.extending import intrinsic, overload
 
 from .float_bits import nearest_int, round_to_f16
 from . import kquants  # noqa: F401  (first: kquants imports kquants_int8 back at its end)
@@ -54,6 +55,49 @@ BLOCK = 32
 _INT32_LIMIT = np.float32(2147483648.0)
 
 
+def _max_abs(x, o):
+    """max(0, max |x[o + j]| over j < 32 that are not NaN), as the scalar loop `if a > amax`."""
+    amax = np.float32(0.0)
+    for j in range(BLOCK):
+        a = abs(x[o + j])
+        if a > amax:
+            amax = a
+    return amax
+
+
+@intrinsic
+def _max_abs_vector(typingctx, x, o):
+    """_max_abs of a contiguous x in vector IR (a tree of compares: LLVM vectorised the scalar
+    loop across blocks with gathers). Order does not matter: NaNs become 0 first, and the
+    maximum of the other values is the same whichever way they are paired."""
+    if not (isinstance(x, types.Array) and x.ndim == 1 and x.layout == "C" and x.dtype == types.float32
+            and isinstance(o, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        start = builder.gep(data, [context.cast(builder, args[1], sig.args[1], types.intp)])
+        v = builder.load(builder.bitcast(start, _vec(ir.FloatType(), BLOCK).as_pointer()), align=4)
+        bits = builder.and_(builder.bitcast(v, _vec(_I32, BLOCK)), _consts(_I32, [0x7FFFFFFF] * BLOCK))
+        m = builder.select(builder.fcmp_unordered("uno", v, v), ir.Constant(v.type, None),
+                           builder.bitcast(bits, v.type))
+        while m.type.count > 1:
+            half = m.type.count // 2
+            lo = builder.shuffle_vector(m, m, _consts(_I32, range(half)))
+            hi = builder.shuffle_vector(m, m, _consts(_I32, range(half, 2 * half)))
+            m = builder.select(builder.fcmp_ordered(">", hi, lo), hi, lo)
+        return builder.extract_element(m, ir.Constant(_I32, 0))
+
+    return types.float32(x, o), codegen
+
+
+@overload(_max_abs)
+def _max_abs_impl(x, o):
+    if isinstance(x, types.Array) and x.layout == "C" and x.dtype == types.float32:
+        return lambda x, o: _max_abs_vector(x, o)
+    return _max_abs
+
+
 @njit(cache=True, inline="always")
 def _quantize_q8_blocks(d, s, qs, x, with_sums):
     """Q8_0 parts of x into d, qs (and Q8_1's s when with_sums); see quantize_q8_1_parts."""
@@ -63,11 +107,7 @@ def _quantize_q8_blocks(d, s, qs, x, with_sums):
         raise ValueError("Q8 activations: x length must be a multiple of 32 matching d, s and qs")
     for b in range(n_blocks):
         o = b * BLOCK
-        amax = np.float32(0.0)
-        for j in range(BLOCK):
-            a = abs(x[o + j])
-            if a > amax:
-                amax = a
+        amax = _max_abs(x, o)
         scale = amax / np.float32(127.0)
         inverse = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
         total = 0

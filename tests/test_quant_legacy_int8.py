@@ -88,6 +88,24 @@ def test_activation_rounding_by_hand():
     assert np.array_equal(d0, d[0]) and np.array_equal(qs0, qs[0])
 
 
+def test_activation_block_maxima_vector_and_scalar_agree():
+    """The block maximum of a contiguous row (vector IR) and of a strided one (the scalar loop
+    it replaces) on NaN, infinities, signed zeros and subnormals: same parts, bit for bit."""
+    rng = np.random.default_rng(11)
+    special = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45, 1e-40, 3e38, 65504.0],
+                       np.float32)
+    x = (rng.standard_normal((6, 256)) * np.float32(3.0)).astype(np.float32)
+    x.flat[rng.choice(x.size, 150, replace=False)] = rng.choice(special, 150)
+    x[0, :32] = np.nan  # a block of NaNs only
+    strided = np.asfortranarray(x)
+    for k in range(len(x)):
+        d1, s1, q1 = (np.empty(8, np.float32), np.empty(8, np.float32), np.empty(256, np.int8))
+        d2, s2, q2 = (np.empty(8, np.float32), np.empty(8, np.float32), np.empty(256, np.int8))
+        legacy_int8.quantize_q8_1_parts(d1, s1, q1, x[k])
+        legacy_int8.quantize_q8_1_parts(d2, s2, q2, strided[k])
+        assert same_bits(d1, d2) and same_bits(s1, s2) and np.array_equal(q1, q2), k
+
+
 def test_activation_quantizers_reject_ragged_rows():
     with pytest.raises(ValueError, match="multiple of 32"):
         legacy_int8.quantize_q8_0_parts(np.empty(2, np.float32), np.empty(48, np.int8), np.zeros(48, np.float32))
