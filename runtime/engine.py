@@ -13,6 +13,7 @@ n_batch tokens.
 from __future__ import annotations
 
 import os
+import time
 from typing import Sequence
 
 import numba
@@ -24,6 +25,7 @@ from .executor import Executor, Program
 from .graph import Graph
 from .kv_cache import KVCache
 from .models import get_architecture
+from .thread_governor import ThreadGovernor
 
 
 class ContextFullError(ValueError):
@@ -40,11 +42,15 @@ class Engine:
             if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
                 raise ValueError(f"threads must be 1..{numba.config.NUMBA_NUM_THREADS}, got {threads}")
             numba.set_num_threads(threads)
+        # threads=None: all cores, or one while other processes keep them busy (measured while
+        # decoding, see thread_governor.py); a number fixes the count
+        self.governor = (ThreadGovernor(numba.config.NUMBA_NUM_THREADS)
+                         if threads is None and backend == "cpu" else None)
         self.gguf = gguf_file
         self.cfg = ModelConfig.from_kv(gguf_file.kv)
         self.n_ctx = n_ctx
         self.n_batch = min(n_batch, n_ctx)
-        self.threads = numba.get_num_threads()
+        self.threads = self.governor.threads if self.governor else numba.get_num_threads()
 
         backend_cls = get_backend(backend, device=device, weights=weights)  # see runtime.backends
         # kv_type: the cache's element type, "f16" (llama.cpp's default --cache-type-k/v) or "f32";
@@ -101,6 +107,8 @@ class Engine:
         (an internal buffer, valid until the next call; a device tensor on the torch backend),
         or with `all_logits` a new f32 numpy array (len(ids), n_vocab) of every token's logits."""
         ids = self._check_ids(ids)
+        if self.governor:
+            self.threads = self.governor.threads
         if numba.get_num_threads() != self.threads:  # the setting is per calling thread in Numba
             numba.set_num_threads(self.threads)
         n = ids.shape[0]
@@ -117,7 +125,12 @@ class Engine:
                 prog = self.executor.program("prefill", t)
             prog.ids[:] = chunk
             prog.pos[:] = np.arange(self.kv.n_past, self.kv.n_past + t)
-            prog.run()
+            if prog is self.decode_program and self.governor:
+                start = time.perf_counter()
+                prog.run()
+                self.governor.record(time.perf_counter() - start)
+            else:
+                prog.run()
             self.kv.n_past += t
             logits = prog.logits
         return result if all_logits else logits[0]

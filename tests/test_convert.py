@@ -14,7 +14,7 @@ from gguf import GGUFValueType as V
 from gguf import TokenType
 
 from tiny_hf_checkpoints import (CHAT_TEMPLATE, CORPUS, GEMMA_CHAT_TEMPLATE,  # noqa: E402
-                                 build_checkpoint, hf_logits)
+                                 build_checkpoint, hf_logits, use_ggml_gelu)
 
 from lanternlm.formats.convert import convert_hf_to_gguf  # noqa: E402
 from lanternlm.formats.convert.families.llama import interleave_rope_halves  # noqa: E402
@@ -62,6 +62,8 @@ def test_logits_match_transformers(converted, case):
     # f32 weights and an f32 KV cache: the engine computes in float32 throughout, as transformers
     # does (the default f16 cache, llama.cpp's, would round keys and values)
     engine = Engine.load(path, n_ctx=128, kv_type="f32")
+    if case == "gemma3":
+        use_ggml_gelu(ckpt.model)  # GEGLU as llama.cpp (and so the engine) computes it
     for text in LOGIT_TEXTS:
         ids = ckpt.tokenizer.encode(text)
         ref = hf_logits(ckpt, ids)

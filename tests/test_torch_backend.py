@@ -119,20 +119,27 @@ def test_tiny_logits_match_float64_reference(tiny):
     assert eng.n_past == len(IDS)
 
 
+# How far decode and prefill may differ. GEGLU rounds its input to half (as llama.cpp does): a
+# different summation order in torch's decode and prefill matmuls can put an input on the other
+# side of a half rounding boundary, a 1e-3 relative step in that activation.
+STEP_ATOL = {"gemma3": 2e-4}
+
+
 def test_tiny_decode_and_chunked_prefill_equal_one_prefill(tiny):
     """Decode (no mask, sliding window as a key range) and chunks of 4 (mask over cached keys)."""
-    _, d, _ = tiny
+    arch, d, _ = tiny
+    atol = STEP_ATOL.get(arch, 1e-5)
     eng = Engine.load(d / "f32.gguf", n_ctx=32, n_batch=4, backend="torch", device="cpu")
     every = eng.logits(IDS)
     eng.reset()
-    np.testing.assert_allclose(eng.eval(IDS).numpy(), every[-1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(eng.eval(IDS).numpy(), every[-1], rtol=1e-5, atol=atol)
     eng.reset()
     for i, tok in enumerate(IDS):
         step = eng.eval([tok])
         assert isinstance(step, torch.Tensor) and step.shape == (N_VOCAB,)
-        np.testing.assert_allclose(step.numpy(), every[i], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(step.numpy(), every[i], rtol=1e-5, atol=atol)
     eng.truncate(5)
-    np.testing.assert_allclose(eng.eval(IDS[5:]).numpy(), every[-1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(eng.eval(IDS[5:]).numpy(), every[-1], rtol=1e-5, atol=atol)
 
 
 def test_tiny_device_memory_path_uploads_inputs_and_copies_logits_back(tiny, monkeypatch):
@@ -146,7 +153,7 @@ def test_tiny_device_memory_path_uploads_inputs_and_copies_logits_back(tiny, mon
     np.testing.assert_allclose(every, want, atol=2e-4 * np.abs(want).max())
     eng.reset()
     for i, tok in enumerate(IDS):
-        np.testing.assert_allclose(eng.eval([tok]).numpy(), every[i], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(eng.eval([tok]).numpy(), every[i], rtol=1e-5, atol=STEP_ATOL.get(arch, 1e-5))
     uploads = [fn for fn, _ in eng.decode_program.calls if getattr(fn, "__name__", "") == "copy_"]
     assert len(uploads) == 2                                  # token ids and positions, once each
 

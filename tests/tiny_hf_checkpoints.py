@@ -218,3 +218,19 @@ def hf_logits(ckpt: TinyCheckpoint, ids: list[int]) -> "np.ndarray":  # noqa: F8
     with torch.no_grad():
         out = ckpt.model(torch.tensor([ids]), use_cache=False)
     return out.logits[0].float().numpy()
+
+
+def use_ggml_gelu(model) -> None:
+    """Swap the tanh-GELU of every MLP in `model` for llama.cpp's: gelu of the input rounded to
+    half, rounded to half (its GGML_GELU_FP16 table), 0 below -10 and the identity above 10."""
+    def half(t):
+        return t.to(torch.float16).to(torch.float32)
+
+    class GgmlGelu(torch.nn.Module):
+        def forward(self, x):
+            g = half(torch.nn.functional.gelu(half(x), approximate="tanh"))
+            return torch.where(x <= -10, torch.zeros_like(x), torch.where(x >= 10, x, g))
+
+    for module in list(model.modules()):
+        if isinstance(getattr(module, "act_fn", None), torch.nn.Module):
+            module.act_fn = GgmlGelu()

@@ -24,67 +24,83 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ...quant.float_bits import i32_as_f32
 from .half import f32_to_half_bits
 
 # ---- exp ------------------------------------------------------------------------------------
 
-_LOG2E = np.float32(1.4426950408889634)
-_LN2_HI = np.float32(0.693359375)          # ln 2 split so that k * _LN2_HI is exact for |k| < 2**9
-_LN2_LO = np.float32(-2.12194440e-4)
-_EXP_MAX = np.float32(88.0)                # e**88 < FLT_MAX and 2**127 is the largest scale built
-_EXP_MIN = np.float32(-87.0)               # 2**-126 is the smallest normal scale
-# e**r - 1 - r on |r| <= ln2/2, as r**2 * P(r) (a minimax fit; Cephes' expf coefficients)
-_P0, _P1, _P2 = np.float32(5.0000001201e-1), np.float32(1.6666665459e-1), np.float32(4.1665795894e-2)
-_P3, _P4, _P5 = np.float32(8.3334519073e-3), np.float32(1.3981999507e-3), np.float32(1.9875691500e-4)
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01  # ln 2 split so that k * _LN2_HI is exact for |k| < 2**11
+_LN2_LO = 1.90821492927058770002e-10
+_EXP_MAX = np.float32(88.0)           # e**88 < FLT_MAX
+_EXP_MIN = np.float32(-87.0)          # e**-87 is still a normal float32
+# 1/i! for the Taylor series of e**r on |r| <= ln2/2: after 12 terms the error is ~1e-14,
+# so the float32 result is the correctly rounded e**x but for the rarest ties
+_TAYLOR = tuple(1.0 / math.factorial(i) for i in range(12))
 
 
-def _call_intrinsic(builder, name, args):
-    f32 = ir.FloatType()
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [f32] * len(args)), name)
-    return builder.call(fn, args)
+def _float_intrinsic(name, n_args):
+    """An intrinsic calling LLVM's `name`.f64 on n_args float64 values."""
+    def generic(typingctx, *args):
+        if len(args) != n_args or any(a != types.float64 for a in args):
+            return None
+
+        def codegen(context, builder, signature, llargs):
+            f64 = ir.DoubleType()
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f64, [f64] * n_args),
+                                                f"{name}.f64")
+            return builder.call(fn, llargs)
+
+        return types.float64(*args), codegen
+
+    return generic
 
 
 @intrinsic
 def _rint(typingctx, x):
-    """float32 rounded to the nearest integer, ties to even (llvm.rint: one vector instruction)."""
-    if x != types.float32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return _call_intrinsic(builder, "llvm.rint.f32", args)
-
-    return types.float32(types.float32), codegen
+    """float64 rounded to the nearest integer, ties to even (llvm.rint: one vector instruction)."""
+    return _float_intrinsic("llvm.rint", 1)(typingctx, x)
 
 
 @intrinsic
 def _fma(typingctx, a, b, c):
-    """a * b + c in float32 with one rounding (llvm.fma)."""
-    if not (a == b == c == types.float32):
+    """a * b + c in float64 with one rounding (llvm.fma)."""
+    return _float_intrinsic("llvm.fma", 3)(typingctx, a, b, c)
+
+
+@intrinsic
+def _i64_as_f64(typingctx, bits):
+    """Reinterpret an int64's bits as float64."""
+    if bits != types.int64:
         return None
 
     def codegen(context, builder, signature, args):
-        return _call_intrinsic(builder, "llvm.fma.f32", args)
+        return builder.bitcast(args[0], ir.DoubleType())
 
-    return types.float32(types.float32, types.float32, types.float32), codegen
+    return types.float64(types.int64), codegen
 
 
 @njit(cache=True, inline="always")
 def exp_f32(x):
-    """e**x for float32 x, clamped to [-87, 88] (NaN stays NaN); no libm call.
+    """e**x for float32 x, correctly rounded in practice (as libm's expf), clamped to [-87, 88];
+    NaN stays NaN. No libm call, so loops calling it vectorize.
 
-    Numba compiles a helper with the fast-math flags of whichever caller compiles it first, and
-    reassociation would fold away an add-and-subtract rounding or merge the two halves of ln 2;
-    so the rounding and the reduction are intrinsics (rint, fma), which no flag rewrites."""
+    Computed in float64: k = round(x / ln 2), r = x - k ln 2 (two fmas), a Taylor polynomial for
+    e**r, times 2**k built in the exponent bits, rounded once to float32. A cruder float32
+    polynomial (1-2 ulp) measurably moved SmolLM2's logits away from llama.cpp's. Numba compiles
+    a helper with the fast-math flags of whichever caller compiles it first, and reassociation
+    would undo the split of ln 2; the rounding and the reduction are intrinsics (rint, fma),
+    which no flag rewrites."""
     x = np.float32(x)
     c = min(max(x, _EXP_MIN), _EXP_MAX)
     c = x if x != x else c  # NaN passes through the clamp unchanged
-    k = _rint(c * _LOG2E)
-    r = _fma(-k, _LN2_LO, _fma(-k, _LN2_HI, c))
-    p = _fma(_fma(_fma(_fma(_fma(_P5, r, _P4), r, _P3), r, _P2), r, _P1), r, _P0)
-    e = _fma(p, r * r, r) + np.float32(1.0)
-    scale = i32_as_f32(np.int32((np.int32(k) + np.int32(127)) << np.int32(23)))
-    return e * scale
+    d = np.float64(c)
+    k = _rint(d * _LOG2E)
+    r = _fma(-k, _LN2_LO, _fma(-k, _LN2_HI, d))
+    p = _TAYLOR[11]
+    for i in range(10, -1, -1):
+        p = _fma(p, r, _TAYLOR[i])
+    scale = _i64_as_f64((np.int64(k) + np.int64(1023)) << np.int64(52))
+    return np.float32(p * scale)
 
 
 # ---- silu gate ------------------------------------------------------------------------------

@@ -398,7 +398,11 @@ def _swiglu(out, gate, up):
 
 
 def _geglu(out, gate, up):
-    torch.mul(F.gelu(gate, approximate="tanh"), up, out=out)
+    # llama.cpp's GEGLU (as the cpu backend's): gelu of the input rounded to half, rounded to
+    # half (ggml's GGML_GELU_FP16 table), 0 below -10 and the identity above 10
+    g = F.gelu(gate.to(torch.float16).float(), approximate="tanh").to(torch.float16).to(gate.dtype)
+    g = torch.where(gate <= -10, torch.zeros_like(gate), torch.where(gate >= 10, gate, g))
+    torch.mul(g, up, out=out)
 
 
 def _last_row(out, x):
