@@ -3,10 +3,9 @@
 `np.exp` and `np.tanh` compile to one libm call per element, which keeps LLVM from vectorizing
 the loop: on Gemma3-270M prefill the GELU gate alone took a quarter of the time. So:
 
-* `exp_f32` is written in float32 arithmetic and bit moves only (range reduction by ln 2, a
-  degree-6 polynomial, the power of two built in the exponent bits), so a loop calling it
-  vectorizes. Its error is under 2 ulp in [-87, 88] (tested against float64 exp); ggml's own
-  vectorized expf is of the same kind.
+* `exp_f32` is plain arithmetic and bit moves (range reduction by ln 2 and a polynomial in
+  float64, the power of two built in the exponent bits), so a loop calling it vectorizes. It
+  is correctly rounded over [-87, 88] (tested against float64 exp), as libm's expf.
 * GELU uses ggml's method: a table of gelu(h) rounded to half precision for every half value
   h, indexed by the input rounded to half, with gelu(x) = 0 below -10 and x above 10. That is
   what llama.cpp computes for GEGLU (GGML_GELU_FP16), so the outputs agree with it exactly.
