@@ -38,9 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
-from llvmlite import binding as llvm_binding, ir
+from llvmlite import ir
 from numba import njit, types
-from numba.core import config
 from numba.extending import intrinsic, overload
 
 from .float_bits import nearest_int, round_to_f16
@@ -151,12 +150,11 @@ _V8F = _vec(_F32, 8)
 _V8I = _vec(_I32, 8)
 _INTP = _I64 = ir.IntType(64)
 
-# Named x86 instructions only when Numba compiles for this host (as kquants_int8.X86_AVX2); the
-# VNNI path also relies on AVX-512BW (a block's 32 high bits of Q5 as one mask register).
-_HOST_FEATURES = (llvm_binding.get_host_cpu_features()
-                  if config.CPU_NAME is None and config.CPU_FEATURES is None else {})
-X86_VNNI = all(_HOST_FEATURES.get(f, False) for f in ("avx512vnni", "avx512vl", "avx512bw"))
-X86_F16C = bool(_HOST_FEATURES.get("f16c", False))
+# Named x86 instructions only when Numba compiles for this host (kquants_int8 detects them once);
+# the VNNI path also relies on AVX-512BW (a block's 32 high bits of Q5 as one mask register),
+# which X86_VNNI includes. Tests switch paths by patching this module's names.
+X86_VNNI = _k8.X86_VNNI
+X86_F16C = bool(_k8._HOST_FEATURES.get("f16c", False))
 
 
 def _i8(v):
