@@ -239,17 +239,23 @@ def _dot_tile_kernel(qtype, n_w: int, n_act: int):
 
             for i, (row, acc_row) in enumerate(zip(rows, accs)):
                 for a, (token, acc) in enumerate(zip(tokens, acc_row)):
-                    value = _reduce_lanes(builder, builder.load(acc))
-                    if lay.m_at is not None:
-                        m_sum = builder.extract_element(builder.load(mins), ir.Constant(_I32, a * n_w + i))
-                        value = builder.fadd(value, m_sum)
-                    e.store_if(real[i], value, builder.gep(out_a.data, [e.at(row, (token, n_rows))]))
+                    _store_dot(e, lay, acc, mins, a * n_w + i, real[i],
+                               builder.gep(out_a.data, [e.at(row, (token, n_rows))]))
             return context.get_dummy_value()
 
         return types.none(*args), codegen
 
     dot_tile.__name__ = f"dot_tile{n_w}x{n_act}_{qtype.name.lower()}"
     return intrinsic(dot_tile)
+
+
+def _store_dot(e, lay, acc, mins, lane, real, ptr):
+    """Store one finished dot product at ptr (when real): the 8 lanes of acc reduced in ggml's
+    order, plus, for the _1 types, lane `lane` of the m_w * s_x sums in mins."""
+    value = _reduce_lanes(e.b, e.b.load(acc))
+    if lay.m_at is not None:
+        value = e.b.fadd(value, e.b.extract_element(e.b.load(mins), ir.Constant(_I32, lane)))
+    e.store_if(real, value, ptr)
 
 
 def _dot_column_kernel(qtype, n_w: int):
@@ -299,11 +305,7 @@ def _dot_column_kernel(qtype, n_w: int):
                     builder.store(_call(builder, "llvm.fma.v8f32", _V8F,
                                         [scale, builder.sitofp(lanes, _V8F), builder.load(acc)]), acc)
             for i, (row, acc) in enumerate(zip(rows, accs)):
-                value = _reduce_lanes(builder, builder.load(acc))
-                if lay.m_at is not None:
-                    m_sum = builder.extract_element(builder.load(mins), ir.Constant(_I32, 2 * i + 1))
-                    value = builder.fadd(value, m_sum)
-                e.store_if(real[i], value, builder.gep(out_a.data, [e.at(row, (k, n_out))]))
+                _store_dot(e, lay, acc, mins, 2 * i + 1, real[i], builder.gep(out_a.data, [e.at(row, (k, n_out))]))
             return context.get_dummy_value()
 
         return types.none(*args), codegen

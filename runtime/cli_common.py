@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from contextlib import nullcontext
 from typing import Any, Callable
 
 from .sampling import SamplingParams
@@ -122,11 +123,9 @@ def load_model(model: str, n_ctx: int, args: argparse.Namespace):
     from .memory import release_compiler_pages
 
     loaded = Model.load(model, n_ctx=n_ctx, threads=args.threads, backend=args.backend, device=args.device)
-    if getattr(args, "quiet", False):
+    # the first run on a machine compiles the kernels: say so unless asked to be quiet
+    with nullcontext() if getattr(args, "quiet", False) else notice_if_slow():
         loaded.engine.warm_up()
-    else:
-        with notice_if_slow():  # the first run on a machine compiles the kernels
-            loaded.engine.warm_up()
     release_compiler_pages()
     return loaded
 

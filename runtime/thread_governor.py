@@ -27,7 +27,7 @@ class ThreadGovernor:
         self.medians: dict[int, float] = {}
         self._samples: list[float] = []
         self._windows = 0
-        self._trial_from: int | None = None  # the setting a trial window will be compared with
+        self._in_trial = False  # the window now running tries the other setting
 
     def record(self, seconds: float) -> None:
         """One decode step took `seconds` with `self.threads` threads; may change `self.threads`."""
@@ -41,11 +41,11 @@ class ThreadGovernor:
         self._windows += 1
         previous = self.medians.get(self.threads)
         self.medians[self.threads] = now
-        if self._trial_from is not None:  # a trial just ended: keep the faster setting
+        if self._in_trial:  # a trial just ended: keep the faster setting
             self.threads = min(self.options, key=lambda n: self.medians.get(n, float("inf")))
-            self._trial_from = None
+            self._in_trial = False
             return
         slowed = previous is not None and now > self.SLOWDOWN * previous
         if slowed or self._windows % self.RECHECK == 0:
-            self._trial_from = self.threads
+            self._in_trial = True
             self.threads = next(n for n in self.options if n != self.threads)

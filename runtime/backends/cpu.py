@@ -155,13 +155,20 @@ def _bind_rope(be: CpuBackend, node, out, srcs, t):
     return [(K.rope, (out, x, pos, cos, sin, p["head_dim"], p["n_rot"], p["neox"]))]
 
 
+def layer_cache(kv: KVCache, params: Mapping):
+    """(k, v) cache arrays of an ATTENTION node's layer, checked against the node's head shapes."""
+    layer = params["layer"]
+    kc, vc = kv.k[layer], kv.v[layer]
+    if kc.shape[0] != params["n_head_kv"] or kc.shape[2] != params["head_dim"] \
+            or vc.shape[2] != params["head_dim_v"]:
+        raise BackendError(f"layer {layer}: KV cache {tuple(kc.shape)} does not fit the attention node")
+    return kc, vc
+
+
 def _bind_attention(be: CpuBackend, node, out, srcs, t):
     p = node.params
     q, k, v, pos = srcs
-    layer = p["layer"]
-    kc, vc = be.kv.k[layer], be.kv.v[layer]
-    if kc.shape[0] != p["n_head_kv"] or kc.shape[2] != p["head_dim"] or vc.shape[2] != p["head_dim_v"]:
-        raise BackendError(f"layer {layer}: KV cache {kc.shape} does not fit the attention node")
+    kc, vc = layer_cache(be.kv, p)
     attend = K.attention_parallel if t > 1 else _attention_one_query
     return [(K.kv_store, (kc, vc, k, v, pos)),
             (attend, (out, q, kc, vc, pos, np.float32(p["scale"]), p["window"], be.attention_scratch(kc)))]

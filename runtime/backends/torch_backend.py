@@ -44,7 +44,7 @@ from gguf import GGMLQuantizationType
 from ...quant import QTYPES
 from ..graph import Node, Op
 from ..kv_cache import KVCache
-from .cpu import BackendError
+from .cpu import BackendError, layer_cache
 from .rope_table import rope_cos_sin
 from .torch_dequant import DEQUANTIZERS, FLOAT_TYPES, dequantize_rows
 
@@ -424,10 +424,7 @@ def _bind_rope(be: TorchBackend, node, out, srcs, t):
 def _bind_attention(be: TorchBackend, node, out, srcs, t):
     p = node.params
     q, k, v, pos = srcs
-    layer = p["layer"]
-    kc, vc = be.kv.k[layer], be.kv.v[layer]
-    if kc.shape[0] != p["n_head_kv"] or kc.shape[2] != p["head_dim"] or vc.shape[2] != p["head_dim_v"]:
-        raise BackendError(f"layer {layer}: KV cache {tuple(kc.shape)} does not fit the attention node")
+    kc, vc = layer_cache(be.kv, p)
     gqa = p["n_head"] // p["n_head_kv"]
     return [(_attention, (out, q, k, v, pos, kc, vc, gqa, p["scale"], p["window"]))]
 
