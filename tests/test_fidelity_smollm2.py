@@ -7,17 +7,27 @@ with what llama.cpp saw. Perplexity over 256 tokens of an essay is compared per 
 Why not bit-identical: the matmuls are (activations quantized to Q8_0/Q8_1, integer block dots,
 as llama.cpp), and the KV cache is f16 with the query rounded to f16 for the K.Q dots, as in
 llama.cpp's non-flash attention; what remains is summation order (SIMD lanes, threads) in
-attention and the rest, which moves logits by ~0.17 on average over the top 8 -- llama.cpp's own
-batched evaluation differs from its token-by-token reference by 0.13 and disagrees on 2 of the
-128 greedy steps. So argmax agreement is checked as "at least 99%, and every disagreement is a
-near-tie in llama.cpp's own logits".
+attention and the rest, which depends on the CPU's instruction set.
+
+Tolerances come from llama.cpp's own variation, not from one machine's count of misses. Measured
+with llama-cpp-python 0.3.36 on this model, the same 128 steps evaluated as one batch instead of
+token by token: llama.cpp disagrees with itself at 2 steps, always at a top-1/top-2 margin of
+0.101 or less, and its mean |logit difference| over the top 8 is 0.127. So:
+- no fixed count of argmax misses; every miss must sit at a near-tie of llama.cpp's own logits;
+- the mean top-8 difference may be up to 1.5x llama.cpp's own: 1.5 * 0.127 = 0.19
+  (measured here: 0.168 on AMD Zen 4 with AVX-512, 0.174 on an Intel Xeon with AMX);
+- a near-tie is a margin below 0.35: two logits that each move by about the allowed mean
+  difference (0.19) in opposite directions swap order at a margin of 2 * 0.19 = 0.38 or less;
+  0.35 keeps a little below that (misses seen: margins 0.011, 0.101, 0.310 on the Xeon).
 """
 import numpy as np
 import pytest
 
 from lanternlm.runtime.engine import Engine
 
-NEAR_TIE = 0.35  # llama.cpp's own batch-vs-sequential logit noise reaches this
+LLAMA_CPP_SELF_TOP8 = 0.127    # llama.cpp batch vs token-by-token, mean top-8 |logit difference|
+MAX_TOP8 = 1.5 * LLAMA_CPP_SELF_TOP8
+NEAR_TIE = 0.35                 # about 2 * MAX_TOP8 (see the module docstring)
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +54,10 @@ def test_teacher_forced_greedy_matches_llama_cpp(engine, reference):
                 ties.append(top8[0][1] - top8[1][1])  # llama.cpp's own margin at that step
             top8_diffs += [abs(float(row[tok]) - logit) for tok, logit in top8]
     assert total == 128
-    assert agree / total >= 0.99, f"argmax agrees at {agree}/{total} steps"
-    assert all(gap < NEAR_TIE for gap in ties), f"disagreements at llama.cpp margins {ties}"
-    assert np.mean(top8_diffs) <= 0.25, f"mean |logit difference| over top-8: {np.mean(top8_diffs):.3f}"
+    assert all(gap < NEAR_TIE for gap in ties), \
+        f"argmax agrees at {agree}/{total} steps; misses at llama.cpp margins {ties} (near-tie: < {NEAR_TIE})"
+    assert np.mean(top8_diffs) <= MAX_TOP8, \
+        f"mean |logit difference| over top-8: {np.mean(top8_diffs):.3f} (llama.cpp's own: {LLAMA_CPP_SELF_TOP8})"
 
 
 def test_perplexity_matches_llama_cpp(engine, reference):
