@@ -45,7 +45,7 @@ def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
 
 
 def add_runtime_args(p: argparse.ArgumentParser, ctx: int | None, ctx_help: str | None = None) -> None:
-    """--ctx, --threads, --backend, --device."""
+    """--ctx, --threads, --backend, --device, --ram-budget."""
     g = p.add_argument_group("runtime")
     g.add_argument("-c", "--ctx", type=int, default=ctx, metavar="N",
                    help=ctx_help or f"context window in tokens (default {ctx})")
@@ -54,6 +54,9 @@ def add_runtime_args(p: argparse.ArgumentParser, ctx: int | None, ctx_help: str 
     g.add_argument("--backend", default="cpu", metavar="NAME", help="engine backend: cpu or torch (default cpu)")
     g.add_argument("--device", default=None, metavar="NAME",
                    help="device for --backend torch: auto, cuda, cuda:N, mps or cpu (default auto)")
+    g.add_argument("--ram-budget", default=None, metavar="SIZE",
+                   help="keep at most SIZE of weights in RAM (300MB, 1.5GB, 40%% of the file) and "
+                        "stream the rest from disk (default: all in RAM)")
 
 
 def sampling_options(args: argparse.Namespace) -> dict:
@@ -122,7 +125,8 @@ def load_model(model: str, n_ctx: int, args: argparse.Namespace):
     from .compile_notice import notice_if_slow
     from .memory import release_compiler_pages
 
-    loaded = Model.load(model, n_ctx=n_ctx, threads=args.threads, backend=args.backend, device=args.device)
+    loaded = Model.load(model, n_ctx=n_ctx, threads=args.threads, backend=args.backend, device=args.device,
+                        ram_budget=args.ram_budget)
     # the first run on a machine compiles the kernels: say so unless asked to be quiet
     with nullcontext() if getattr(args, "quiet", False) else notice_if_slow():
         loaded.engine.warm_up()

@@ -1,6 +1,7 @@
 """The engine: a GGUF file in, logits out, with the KV cache kept between calls.
 
     eng = Engine.load(path, n_ctx=2048, threads=None, n_batch=512, kv_type="f16")
+    eng = Engine.load(path, ram_budget="40%")   # weights past the budget stream from disk
     logits = eng.eval(prompt_ids)        # f32 (n_vocab,): the last token's logits
     logits = eng.eval([next_id])         # appends at position eng.n_past
     eng.truncate(n); eng.reset()         # drop cached tokens past n / all of them
@@ -9,6 +10,10 @@
 Three graphs are built and planned at load: decode (1 token), prefill (n_batch tokens, last
 logits) and prefill_all (n_batch tokens, every token's logits). Long inputs run in chunks of
 n_batch tokens.
+
+With a RAM budget (bytes, or '300MB', '1.5GB', '40%' of the file) the cpu backend keeps only
+that many bytes of weights in RAM and streams the rest from disk at every use
+(runtime/weight_residency.py, backends/cpu_streaming.py), bit-identical to the in-RAM engine.
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ class ContextFullError(ValueError):
 class Engine:
     def __init__(self, gguf_file, n_ctx: int = 2048, threads: int | None = None, n_batch: int = 512,
                  backend: str = "cpu", device: str | None = None, weights: str | None = None,
-                 kv_type: str = "f16"):
+                 kv_type: str = "f16", ram_budget: int | str | None = None):
         if n_ctx < 1 or n_batch < 1:
             raise ValueError(f"n_ctx and n_batch must be positive, got n_ctx={n_ctx}, n_batch={n_batch}")
         if threads is not None:
@@ -52,12 +57,6 @@ class Engine:
         self.n_batch = min(n_batch, n_ctx)
         self.threads = self.governor.threads if self.governor else numba.get_num_threads()
 
-        backend_cls = get_backend(backend, device=device, weights=weights)  # see runtime.backends
-        # kv_type: the cache's element type, "f16" (llama.cpp's default --cache-type-k/v) or "f32";
-        # a backend without `kv_dtype` keeps its cache in its own float type
-        kv_dtype = backend_cls.kv_dtype(kv_type) if hasattr(backend_cls, "kv_dtype") else np.float32
-        self.kv = KVCache.for_config(self.cfg, n_ctx, zeros=backend_cls.zeros, dtype=kv_dtype)
-        self.backend = backend_cls(gguf_file.tensors, self.kv)
         arch = get_architecture(self.cfg.arch)
         shapes = {name: tuple(int(d) for d in ref.shape) for name, ref in gguf_file.tensors.items()}
 
@@ -68,6 +67,19 @@ class Engine:
 
         self.graphs = {"decode": build(1, False), "prefill": build(self.n_batch, False),
                        "prefill_all": build(self.n_batch, True)}
+
+        backend_cls = get_backend(backend, device=device, weights=weights)  # see runtime.backends
+        # kv_type: the cache's element type, "f16" (llama.cpp's default --cache-type-k/v) or "f32";
+        # a backend without `kv_dtype` keeps its cache in its own float type
+        kv_dtype = backend_cls.kv_dtype(kv_type) if hasattr(backend_cls, "kv_dtype") else np.float32
+        self.kv = KVCache.for_config(self.cfg, n_ctx, zeros=backend_cls.zeros, dtype=kv_dtype)
+        if ram_budget is None:
+            self.backend = backend_cls(gguf_file.tensors, self.kv)
+        else:
+            if backend != "cpu":
+                raise ValueError(f"a RAM budget streams weights on the cpu backend, not {backend!r}")
+            from .weight_residency import streaming_backend
+            self.backend = streaming_backend(gguf_file, self.kv, self.graphs, ram_budget, self.n_batch)
         self.executor = Executor(self.backend, self.graphs, self.n_batch)
         self.decode_program: Program = self.executor.program("decode", 1)
 

@@ -60,7 +60,8 @@ class Model:
     @classmethod
     def load(cls, model: str | os.PathLike, n_ctx: int = 2048, threads: int | None = None,
              n_batch: int = 512, backend: str = "cpu", chat_template: str | None = None,
-             device: str | None = None, weights: str | None = None) -> "Model":
+             device: str | None = None, weights: str | None = None,
+             ram_budget: int | str | None = None) -> "Model":
         """Load a GGUF file (a path, or a catalog name pulled on first use).
 
         backend names an engine backend (runtime.backends.BACKENDS, "cpu" by default);
@@ -68,12 +69,14 @@ class Model:
         and weights "dequantized" (default) or "quantized" (kept in their blocks on the device).
         chat_template overrides the template stored in the file (a Jinja2 string); without
         either, the architecture's built-in template or ChatML is used.
+        ram_budget keeps at most that many bytes of weights in RAM (an int, or '300MB', '1.5GB',
+        '40%' of the file) and streams the rest from disk; None keeps the whole model mapped.
         """
         get_backend(backend, device=device, weights=weights)  # bad options fail before any download
         if not isinstance(n_ctx, (int, np.integer)) or n_ctx <= 0:
             raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
         engine = Engine.load(resolve(model), n_ctx=n_ctx, threads=threads, n_batch=n_batch,
-                             backend=backend, device=device, weights=weights)
+                             backend=backend, device=device, weights=weights, ram_budget=ram_budget)
         kv = engine.gguf.kv
         return cls(engine, load_tokenizer(kv), n_ctx, name=str(model),
                    chat_template=chat_template or chat_template_for(kv))

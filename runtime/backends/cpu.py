@@ -49,6 +49,23 @@ def _attention_one_query(out, q, k_cache, v_cache, pos, scale, window, scratch):
     fn(out, q, k_cache, v_cache, pos, scale, window, scratch)
 
 
+def quant_type(ref):
+    """The registered QuantType of a tensor (TensorRef), or a BackendError naming it."""
+    qt = QTYPES.get(GGMLQuantizationType(int(ref.type)))
+    if qt is None:
+        raise BackendError(f"tensor {ref.name} has type {ref.type.name}, which has no registered kernels")
+    return qt
+
+
+def row_shape(ref) -> tuple[int, int]:
+    """(rows, row_bytes) of a weight matrix (TensorRef), checked against its byte size."""
+    n_rows = int(np.prod(ref.shape[:-1], dtype=np.int64))
+    row_bytes = quant_type(ref).row_bytes(int(ref.shape[-1]))
+    if ref.nbytes != n_rows * row_bytes:
+        raise BackendError(f"tensor {ref.name}: {ref.nbytes} bytes for {n_rows} rows of {row_bytes}")
+    return n_rows, row_bytes
+
+
 class CpuBackend:
     name = "cpu"
     # KV cache element type per `kv_type`: "f16" keeps IEEE half bits (what llama.cpp's default
@@ -77,22 +94,18 @@ class CpuBackend:
     # ---- weights ---------------------------------------------------------------------------
     def _qtype(self, name: str):
         ref = self.tensors[name]
-        qt = QTYPES.get(GGMLQuantizationType(int(ref.type)))
-        if qt is None:
-            raise BackendError(f"tensor {name} has type {ref.type.name}, which has no registered kernels")
-        return ref, qt
+        return ref, quant_type(ref)
+
+    def weight_bytes(self, name: str) -> np.ndarray:
+        """A tensor's bytes as uint8 (nbytes,): here a view of the file mapping (no copy); a
+        backend that keeps weights elsewhere (cpu_streaming) overrides this."""
+        return self.tensors[name].data
 
     def rows(self, name: str) -> np.ndarray:
-        """A weight matrix as uint8 (rows, row_bytes): a view of the mapping, no copy."""
+        """A weight matrix as uint8 (rows, row_bytes), no copy."""
         w = self._rows.get(name)
         if w is None:
-            ref, qt = self._qtype(name)
-            n = int(ref.shape[-1])
-            n_rows = int(np.prod(ref.shape[:-1], dtype=np.int64))
-            row_bytes = qt.row_bytes(n)
-            if ref.data.size != n_rows * row_bytes:
-                raise BackendError(f"tensor {name}: {ref.data.size} bytes for {n_rows} rows of {row_bytes}")
-            w = self._rows[name] = ref.data.reshape(n_rows, row_bytes)
+            w = self._rows[name] = self.weight_bytes(name).reshape(row_shape(self.tensors[name]))
         return w
 
     def vector(self, name: str) -> np.ndarray:
@@ -101,7 +114,7 @@ class CpuBackend:
         v = self._vectors.get(name)
         if v is None:
             ref, qt = self._qtype(name)
-            raw = np.ascontiguousarray(ref.data).reshape(-1)
+            raw = np.ascontiguousarray(self.weight_bytes(name)).reshape(-1)
             if qt.qtype == GGMLQuantizationType.F32:
                 v = raw.view(np.float32)
             else:
