@@ -9,7 +9,8 @@ costs the same and the budget should simply be filled. The order in which matric
 4. the output head last: one large matrix streams at the disk's best rate.
 
 Tables only gathered by row (a token embedding that is not also the head) never need to be
-resident: each token reads its own row.
+resident: each token reads its own row. A table that is also the head (tied embeddings) claims
+its place as the head, and while streamed its rows are read per token too.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ class Residency:
     budget: int                    # bytes of weights allowed in RAM
     resident: frozenset[str]       # tensors copied into RAM at load
     streamed: tuple[str, ...]      # matrices read from disk at every use
-    gathered: tuple[str, ...]      # row tables read a row at a time
+    gathered: tuple[str, ...]      # tables (GET_ROWS) not resident: read a row per token
     resident_bytes: int            # resident tensors plus the fixed streaming buffers
 
     def describe(self) -> str:
@@ -43,13 +44,15 @@ class Residency:
                 f"{format_bytes(self.budget)} budget), {len(self.streamed)} streamed from disk")
 
 
-def plan_residency(nbytes: Mapping[str, int], matrices: set[str], gathered: set[str],
+def plan_residency(nbytes: Mapping[str, int], matrices: set[str], tables: set[str],
                    budget: int, buffer_bytes: int) -> Residency:
-    """Fill `budget` bytes: every non-matrix tensor (vectors), then matrices in claim order.
+    """Fill `budget` bytes: every tensor that is neither a matrix nor a table (vectors), then
+    matrices in claim order.
 
-    nbytes: every tensor's size; matrices: tensors used as MUL_MAT weights; gathered: tensors
-    used only as GET_ROWS tables; buffer_bytes: the streaming buffers, charged first."""
-    vectors = [n for n in nbytes if n not in matrices and n not in gathered]
+    nbytes: every tensor's size; matrices: tensors used as MUL_MAT weights; tables: tensors
+    gathered by GET_ROWS (a table that is only gathered never becomes resident); buffer_bytes:
+    the streaming buffers, charged first."""
+    vectors = [n for n in nbytes if n not in matrices and n not in tables]
     used = buffer_bytes + sum(nbytes[n] for n in vectors)
     if used > budget:
         raise ValueError(f"a RAM budget of {format_bytes(budget)} is too small for this model: its "
@@ -61,4 +64,5 @@ def plan_residency(nbytes: Mapping[str, int], matrices: set[str], gathered: set[
             used += nbytes[name]
         else:
             streamed.append(name)
-    return Residency(budget, frozenset(resident), tuple(streamed), tuple(sorted(gathered)), used)
+    gathered = tuple(sorted(t for t in tables if t not in resident))
+    return Residency(budget, frozenset(resident), tuple(streamed), gathered, used)

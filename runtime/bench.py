@@ -9,7 +9,9 @@ The one protocol shared by `lantern bench` and the scripts in benchmarks/ (llama
 - r repetitions of each, reported as tokens/s mean, std and best.
 
 Tokenization and sampling are outside the measurement: the ids are fixed (seeded random ids in
-[0, n_vocab)), so both engines in a comparison run the same work. An engine is measured
+[0, n_vocab)), so both engines in a comparison run the same work. Under a RAM budget (weights
+streamed from disk) tg is instead greedy generation after a prose prompt, so that drafted
+tokens can be verified, and an `offload` report adds the I/O figures per generated token. An engine is measured
 through a `Runner`: anything with `reset()` (empty the cache) and `eval(ids)` (append ids and
 run them, returning once the work is done). RUNNERS maps an engine's name to its loader.
 """
@@ -85,9 +87,21 @@ def bench_ids(n_vocab: int, n_prompt: int, n_gen: int, seed: int = 0) -> tuple[n
             rng.integers(0, n_vocab, n_gen, dtype=np.int64))
 
 
+def time_greedy(runner, prompt: Sequence[int], n: int) -> float:
+    """Seconds for n greedy decode steps after `prompt` (evaluated first, not timed)."""
+    runner.reset()
+    tok = runner.greedy_next(prompt)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        tok = runner.greedy_next([tok])
+    return time.perf_counter() - t0
+
+
 def measure(runner: Runner, prompt_ids: np.ndarray, gen_ids: np.ndarray, repetitions: int,
-            progress: Callable[[str], None] = lambda msg: None) -> tuple[Throughput, Throughput]:
-    """(pp, tg) over `repetitions`, after one uncounted warm-up of each."""
+            progress: Callable[[str], None] = lambda msg: None,
+            greedy_prompt: Sequence[int] | None = None) -> tuple[Throughput, Throughput]:
+    """(pp, tg) over `repetitions`, after one uncounted warm-up of each. With `greedy_prompt`,
+    tg is len(gen_ids) greedy steps after that prompt (time_greedy)."""
     if repetitions < 1:
         raise ValueError(f"repetitions must be >= 1, got {repetitions}")
     prompt = [int(t) for t in prompt_ids]
@@ -100,6 +114,8 @@ def measure(runner: Runner, prompt_ids: np.ndarray, gen_ids: np.ndarray, repetit
         runner.reset()
         pp = time_prefill(runner.eval, prompt)
         runner.reset()
+        if greedy_prompt is not None:
+            return pp, time_greedy(runner, greedy_prompt, len(gen))
         return pp, time_decode(runner.eval, gen)
 
     progress("warm-up")
@@ -154,6 +170,10 @@ class LanternRunner:
         self.engine.eval(ids)
         self._sync()
 
+    def greedy_next(self, ids) -> int:
+        """Evaluate ids; the most likely next token."""
+        return int(self.engine.eval(ids).argmax())
+
     def after_warm_up(self) -> None:
         """What `lantern chat` and `run` do once the kernels are loaded (runtime/memory.py)."""
         from .memory import release_compiler_pages
@@ -182,6 +202,7 @@ class LoadOptions:
     n_batch: int
     backend: str = "cpu"
     device: str | None = None
+    ram_budget: int | str | None = None   # lantern only: weights past it stream from disk
 
 
 def load_lantern(path, opts: LoadOptions) -> tuple[LanternRunner, float]:
@@ -190,7 +211,7 @@ def load_lantern(path, opts: LoadOptions) -> tuple[LanternRunner, float]:
 
     t0 = time.perf_counter()
     engine = Engine.load(path, n_ctx=opts.n_ctx, threads=opts.threads, n_batch=opts.n_batch,
-                         backend=opts.backend, device=opts.device)
+                         backend=opts.backend, device=opts.device, ram_budget=opts.ram_budget)
     return LanternRunner(engine), time.perf_counter() - t0
 
 
@@ -230,9 +251,10 @@ class BenchResult:
     rss_mb: float | None          # current RSS after the run
     peak_rss_mb: float | None
     rss_delta_mb: float | None    # RSS growth from before the load to after the run
+    offload: dict | None = None   # under a RAM budget: offload_report()
 
     def as_dict(self) -> dict:
-        return {"pp_tps": self.pp.mean, "pp_std": self.pp.std, "pp_best": self.pp.best,
+        return {**({"offload": self.offload} if self.offload is not None else {}),"pp_tps": self.pp.mean, "pp_std": self.pp.std, "pp_best": self.pp.best,
                 "tg_tps": self.tg.mean, "tg_std": self.tg.std, "tg_best": self.tg.best,
                 "load_s": self.load_s, "rss_mb": self.rss_mb, "peak_rss_mb": self.peak_rss_mb,
                 "rss_delta_mb": self.rss_delta_mb, "pp": self.pp.as_dict(), "tg": self.tg.as_dict()}
@@ -249,12 +271,53 @@ def bench_engine(engine: str, path, opts: LoadOptions, n_prompt: int, n_gen: int
     if vocab_check is not None and runner.n_vocab != vocab_check:
         raise RuntimeError(f"{engine} sees {runner.n_vocab} vocabulary entries, expected {vocab_check}")
     prompt_ids, gen_ids = bench_ids(runner.n_vocab, n_prompt, n_gen, seed)
-    pp, tg = measure(runner, prompt_ids, gen_ids, repetitions, progress=lambda m: progress(f"{engine}: {m}"))
+    streamed = opts.ram_budget is not None and engine == "lantern"
+    greedy_prompt = prose_prompt(runner.engine) if streamed else None
+    pp, tg = measure(runner, prompt_ids, gen_ids, repetitions, progress=lambda m: progress(f"{engine}: {m}"),
+                     greedy_prompt=greedy_prompt)
+    offload = offload_report(runner, greedy_prompt, n_gen) if streamed else None
     rss = current_rss_mb()
     delta = rss - rss_before if rss is not None and rss_before is not None else None
-    return BenchResult(engine, runner.n_vocab, pp, tg, load_s, rss, peak_rss_mb(), delta)
+    return BenchResult(engine, runner.n_vocab, pp, tg, load_s, rss, peak_rss_mb(), delta, offload)
 
 
-__all__ = ["Runner", "Throughput", "time_prefill", "time_decode", "bench_ids", "measure", "peak_rss_mb",
+# ---- offload ----------------------------------------------------------------------------------
+
+PROSE_PROMPT_TOKENS = 64
+
+
+def prose_prompt(engine, n_tokens: int = PROSE_PROMPT_TOKENS) -> list[int]:
+    """The first n_tokens of the offload module's held-out prose (offload/texts/evaluation.txt)."""
+    from ..formats.tokenizer import load_tokenizer
+    from ..offload.texts import read_text
+
+    ids = load_tokenizer(engine.gguf.kv).encode(read_text("evaluation"), add_special=True)
+    return list(ids[:n_tokens])
+
+
+def offload_report(runner: LanternRunner, greedy_prompt: Sequence[int], n_gen: int) -> dict:
+    """I/O per generated token over one more greedy run of n_gen steps (after the timed ones).
+
+    dense_read_bytes_per_token is what dense streaming reads per evaluation: every streamed
+    matrix once, plus one row of each gathered table."""
+    backend = runner.engine.backend
+    reader = backend.reader
+    runner.reset()
+    tok = runner.greedy_next(greedy_prompt)
+    bytes0, seconds0 = reader.bytes_read, reader.seconds
+    for _ in range(n_gen):
+        tok = runner.greedy_next([tok])
+    read, read_s = reader.bytes_read - bytes0, reader.seconds - seconds0
+    tensors = runner.engine.gguf.tensors
+    dense = (sum(tensors[n].nbytes for n in backend.residency.streamed)
+             + sum(tensors[n].nbytes // tensors[n].shape[0] for n in backend.residency.gathered))
+    return {"ram_budget_bytes": backend.residency.budget, "resident_bytes": backend.resident_bytes,
+            "read_bytes_per_token": read / n_gen, "dense_read_bytes_per_token": dense,
+            "cache_hit_rate": None, "predictor_recall": None,   # no neuron cache without a plan
+            "read_gbps": read / read_s / 1e9 if read_s > 0 else None}
+
+
+__all__ = ["Runner", "Throughput", "time_prefill", "time_decode", "time_greedy", "bench_ids", "measure",
+           "prose_prompt", "offload_report", "peak_rss_mb",
            "current_rss_mb", "LanternRunner", "LlamaCppRunner", "LoadOptions", "RUNNERS", "BenchResult",
            "bench_engine", "require_llama_cpp"]

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from .bench import BenchResult, LoadOptions, bench_engine, require_llama_cpp
+from .bench import PROSE_PROMPT_TOKENS, BenchResult, LoadOptions, bench_engine, require_llama_cpp
 from .cli_common import add_runtime_args
 
 def configure_parser(p) -> None:
@@ -39,8 +39,9 @@ def _check(args) -> None:
                         ("--threads", args.threads)):
         if value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
-    if args.ctx is not None and args.ctx < args.n_prompt + args.n_gen:
-        raise ValueError(f"--ctx {args.ctx} is smaller than p + n = {args.n_prompt + args.n_gen}")
+    prompt = max(args.n_prompt, PROSE_PROMPT_TOKENS) if args.ram_budget is not None else args.n_prompt
+    if args.ctx is not None and args.ctx < prompt + args.n_gen:
+        raise ValueError(f"--ctx {args.ctx} is smaller than the {prompt + args.n_gen} tokens the test needs")
     if args.vs_llama_cpp and args.backend != "cpu":
         raise ValueError("--vs-llama-cpp compares CPU engines: use --backend cpu")
 
@@ -83,9 +84,22 @@ def _mb(x: float | None) -> str:
     return "-" if x is None else f"{x:.0f} MB"
 
 
+def format_offload(name: str, off: dict) -> str:
+    """One line of the offload report (runtime.bench.offload_report)."""
+    from ..offload.budget import format_bytes
+
+    gbps = "-" if off["read_gbps"] is None else f"{off['read_gbps']:.2f} GB/s"
+    saved = off["dense_read_bytes_per_token"] / off["read_bytes_per_token"] if off["read_bytes_per_token"] else None
+    return (f"{name} offload: budget {format_bytes(off['ram_budget_bytes'])}, resident "
+            f"{format_bytes(off['resident_bytes'])}; read {format_bytes(off['read_bytes_per_token'])}/token "
+            f"(dense streaming {format_bytes(off['dense_read_bytes_per_token'])}/token"
+            + (f", {saved:.2f}x less" if saved else "") + f") at {gbps}; tg is greedy after a prose prompt")
+
+
 def format_summary(results: list[tuple[str, BenchResult]], ratio: dict | None) -> str:
     out = [f"{name}: load {r.load_s:.3f} s, rss {_mb(r.rss_mb)} (+{_mb(r.rss_delta_mb)} for this engine), "
            f"peak rss {_mb(r.peak_rss_mb)}" for name, r in results]
+    out += [format_offload(name, r.offload) for name, r in results if r.offload]
     if ratio:
         fmt = lambda x: "-" if x is None else f"{x:.2f}x"  # noqa: E731
         out.append(f"ours / llama.cpp: pp {fmt(ratio['pp'])} (best {fmt(ratio['pp_best'])}), "
@@ -98,9 +112,11 @@ def main(args) -> int:
 
     _check(args)
     path = Path(resolve(args.model))
-    n_ctx = args.ctx or args.n_prompt + args.n_gen
+    # under a RAM budget tg generates after a prose prompt of PROSE_PROMPT_TOKENS
+    prompt = max(args.n_prompt, PROSE_PROMPT_TOKENS) if args.ram_budget is not None else args.n_prompt
+    n_ctx = args.ctx or prompt + args.n_gen
     opts = LoadOptions(threads=args.threads, n_ctx=n_ctx, n_batch=args.n_prompt,
-                       backend=args.backend, device=args.device)
+                       backend=args.backend, device=args.device, ram_budget=args.ram_budget)
     if args.vs_llama_cpp:
         require_llama_cpp()         # fail before the long part when llama-cpp-python is missing
 

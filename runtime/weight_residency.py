@@ -14,7 +14,7 @@ from .graph import Graph, Op
 
 
 def weight_uses(graphs: Mapping[str, Graph]) -> tuple[set[str], set[str], list[str]]:
-    """(matrices, gathered-only tables, matrices in the decode graph's order of use)."""
+    """(matrices, tables gathered by row, matrices in the decode graph's order of use)."""
     matrices, tables, order = set(), set(), []
     for key, g in graphs.items():
         for node in g.nodes:
@@ -25,7 +25,7 @@ def weight_uses(graphs: Mapping[str, Graph]) -> tuple[set[str], set[str], list[s
                 matrices.add(name)
             elif node.op is Op.GET_ROWS:
                 tables.add(node.weights[0])
-    return matrices, tables - matrices, order
+    return matrices, tables, order
 
 
 def stream_buffer_bytes(tensors, matrices) -> int:
@@ -44,10 +44,10 @@ def streaming_backend(gguf_file, kv, graphs: Mapping[str, Graph], ram_budget: in
     if not gguf_file.path:
         raise ValueError("a RAM budget streams weights from the model file, so the model must be a file")
     budget = parse_budget(ram_budget, os.path.getsize(gguf_file.path))
-    matrices, gathered, order = weight_uses(graphs)
+    matrices, tables, order = weight_uses(graphs)
     sizes = {name: ref.nbytes for name, ref in gguf_file.tensors.items()}
     buffers = stream_buffer_bytes(gguf_file.tensors, matrices)
-    residency: Residency = plan_residency(sizes, matrices, gathered, budget, buffers)
+    residency: Residency = plan_residency(sizes, matrices, tables, budget, buffers)
     schedule = [name for name in order if name in residency.streamed]
     schedule += [name for name in residency.streamed if name not in schedule]
     return StreamingCpuBackend(gguf_file.tensors, kv, gguf_file.path, residency, schedule, max_tokens)

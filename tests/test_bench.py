@@ -138,3 +138,54 @@ def test_throughput_statistics_hand_computed():
                                               + (2.5 - 17.5 / 3) ** 2) / 2))
     assert tp.best == 10.0
     assert bench.Throughput(4, (2.0,)).std == 0.0
+
+
+
+def test_ram_budget_adds_an_offload_report_with_greedy_decode(smollm2_path, engine_calls, capsys):
+    """Under --ram-budget, tg is greedy generation after the prose prompt (the tokens fed back
+    are the in-RAM engine's greedy choices, as dense streaming is bit-identical), and the
+    offload report's bytes per token are what dense streaming reads: every streamed chunk's
+    aligned span plus one row of each gathered table, recomputed here from the tensor offsets."""
+    import os
+
+    from lanternlm.formats.gguf import read_gguf
+    from lanternlm.offload.direct_io import span_bytes
+    from lanternlm.runtime.backends.cpu import row_shape
+    from lanternlm.runtime.backends.cpu_streaming import chunk_rows
+
+    rc, out, err = run_bench(capsys, smollm2_path, *SMALL, "--ram-budget", "40%", "--json")
+    assert rc == 0, err
+    d = json.loads(out)
+    check_figures(d, P, N, R)
+    # the tg rounds: the prose prompt from an empty cache, then N single greedy tokens
+    calls = list(engine_calls)
+    starts = [i for i, (n_past, ids) in enumerate(calls) if n_past == 0 and len(ids) > P]
+    assert len(starts) == 1 + R + 1                       # warm-up, repetitions, the offload run
+    prompt = calls[starts[0]][1]
+    assert len(prompt) == bench.PROSE_PROMPT_TOKENS
+    fed = [ids[0] for _, ids in calls[starts[0] + 1:starts[0] + 1 + N]]
+    ram = Engine.load(smollm2_path, n_ctx=96, n_batch=P, threads=1)
+    want = [int(ram.eval(prompt).argmax())]
+    for _ in range(N - 1):
+        want.append(int(ram.eval([want[-1]]).argmax()))
+    assert fed == want
+
+    off = d["offload"]
+    g = read_gguf(smollm2_path)
+    assert off["ram_budget_bytes"] == int(os.path.getsize(smollm2_path) * 0.4)
+    assert 0 < off["resident_bytes"] <= off["ram_budget_bytes"]
+    eng = Engine.load(smollm2_path, n_ctx=96, n_batch=P, threads=1, ram_budget="40%")
+    streamed, gathered = eng.backend.residency.streamed, eng.backend.residency.gathered
+    assert streamed and gathered == ("token_embd.weight",)     # tied: the head streams, rows too
+    spans = 0
+    for name in streamed:
+        ref = g.tensors[name]
+        n_rows, row_bytes = row_shape(ref)
+        step = chunk_rows(row_bytes)
+        spans += sum(span_bytes(ref.offset + r0 * row_bytes, min(step, n_rows - r0) * row_bytes)
+                     for r0 in range(0, n_rows, step))
+    rows = [row_shape(g.tensors[n])[1] for n in gathered]
+    assert off["dense_read_bytes_per_token"] == sum(g.tensors[n].nbytes for n in streamed) + sum(rows)
+    assert spans + sum(rows) <= off["read_bytes_per_token"] <= spans + sum(r + 2 * 4096 for r in rows)
+    assert off["cache_hit_rate"] is None and off["predictor_recall"] is None
+    assert off["read_gbps"] > 0

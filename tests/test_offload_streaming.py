@@ -48,12 +48,20 @@ def test_residency_fills_the_budget_in_claim_order():
     matrices = {n for n in sizes if n.endswith(("attn_q.weight", "ffn_up.weight")) or n == "output.weight"}
     r = plan_residency(sizes, matrices, {"token_embd.weight"}, budget=20 + 200 + 300 + 50 + 40, buffer_bytes=50)
     # vectors, both attention matrices, then the first FFN matrix; the second FFN matrix and
-    # the head do not fit; the gathered embedding is never resident
+    # the head do not fit; the embedding, only gathered, is never resident
     assert r.resident == {"output_norm.weight", "blk.0.attn_norm.weight", "blk.0.attn_q.weight",
                           "blk.1.attn_q.weight", "blk.0.ffn_up.weight"}
     assert set(r.streamed) == {"blk.1.ffn_up.weight", "output.weight"}
     assert r.gathered == ("token_embd.weight",)
     assert r.resident_bytes == 50 + 20 + 200 + 300
+    # tied embeddings: the table is the head too, so it claims a place as a matrix
+    tied = {n: b for n, b in sizes.items() if n != "output.weight"}
+    r = plan_residency(tied, (matrices - {"output.weight"}) | {"token_embd.weight"}, {"token_embd.weight"},
+                       budget=50 + 20 + 200 + 600 + 500, buffer_bytes=50)
+    assert "token_embd.weight" in r.resident and r.gathered == ()
+    r = plan_residency(tied, (matrices - {"output.weight"}) | {"token_embd.weight"}, {"token_embd.weight"},
+                       budget=50 + 20 + 200 + 600, buffer_bytes=50)
+    assert r.streamed == ("token_embd.weight",) and r.gathered == ("token_embd.weight",)
     with pytest.raises(ValueError, match="too small"):
         plan_residency(sizes, matrices, {"token_embd.weight"}, budget=60, buffer_bytes=50)
 
