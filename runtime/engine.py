@@ -40,7 +40,7 @@ class ContextFullError(ValueError):
 class Engine:
     def __init__(self, gguf_file, n_ctx: int = 2048, threads: int | None = None, n_batch: int = 512,
                  backend: str = "cpu", device: str | None = None, weights: str | None = None,
-                 kv_type: str = "f16", ram_budget: int | str | None = None):
+                 kv_type: str = "f16", ram_budget: int | str | None = None, backend_class: type | None = None):
         if n_ctx < 1 or n_batch < 1:
             raise ValueError(f"n_ctx and n_batch must be positive, got n_ctx={n_ctx}, n_batch={n_batch}")
         if threads is not None:
@@ -68,7 +68,8 @@ class Engine:
         self.graphs = {"decode": build(1, False), "prefill": build(self.n_batch, False),
                        "prefill_all": build(self.n_batch, True)}
 
-        backend_cls = get_backend(backend, device=device, weights=weights)  # see runtime.backends
+        # backend_class: a backend class used as given (offload calibration's FFN probe)
+        backend_cls = backend_class or get_backend(backend, device=device, weights=weights)
         # kv_type: the cache's element type, "f16" (llama.cpp's default --cache-type-k/v) or "f32";
         # a backend without `kv_dtype` keeps its cache in its own float type
         kv_dtype = backend_cls.kv_dtype(kv_type) if hasattr(backend_cls, "kv_dtype") else np.float32

@@ -92,8 +92,22 @@ class Executor:
                 views[tensor.name] = v
             return v
 
+        # a backend may serve a layer's whole FFN block (offload's sparse FFN): `bind_ffn` gets
+        # the block and the views of its input and four outputs, and returns calls or None
+        bind_ffn = getattr(self.backend, "bind_ffn", None)
+        blocks = {b.nodes[0]: b for b in graph.ffn_blocks} if bind_ffn else {}
+        served: set = set()
         calls = []
         for node in graph.nodes:
+            if node in served:
+                continue
+            block = blocks.get(node)
+            if block is not None:
+                block_calls = bind_ffn(block, view(block.x), tuple(view(n.out) for n in block.nodes), t)
+                if block_calls is not None:
+                    calls.extend(block_calls)
+                    served.update(block.nodes)
+                    continue
             srcs = tuple(view(s) for s in node.srcs)
             calls.extend(self.backend.bind(node, view(node.out), srcs, t))
         return Program(calls, views[graph.ids.name], views[graph.pos.name], view(graph.output), t, views)

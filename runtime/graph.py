@@ -69,6 +69,28 @@ class Node:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, eq=False)
+class FFNBlock:
+    """One layer's gated feed-forward, built by `Graph.ffn`: out = down(act(gate(x)) * up(x)).
+
+    The four nodes stay ordinary graph nodes (gate, up, act, down, in that order) that any
+    backend runs one by one; a backend with a `bind_ffn` method may instead serve the block
+    whole (the offload module's sparse FFN), using the nodes' planned buffers."""
+    layer: int
+    act: Op                            # Op.SWIGLU or Op.GEGLU
+    x: Tensor                          # (T, n_embd) input, normalized
+    nodes: tuple[Node, Node, Node, Node]
+
+    @property
+    def weights(self) -> tuple[str, str, str]:
+        """(gate, up, down) weight names."""
+        return self.nodes[0].weights[0], self.nodes[1].weights[0], self.nodes[3].weights[0]
+
+    @property
+    def out(self) -> Tensor:
+        return self.nodes[3].out
+
+
 class GraphError(ValueError):
     """The model code and the GGUF file disagree (missing tensor, wrong shape)."""
 
@@ -100,6 +122,7 @@ class Graph:
         self.pos = Tensor("inp_pos", 1, kind=Kind.INPUT)     # (T,) positions in the sequence
         self.output: Tensor | None = None
         self.missing: list[str] = []
+        self.ffn_blocks: list[FFNBlock] = []
         self._names: set[str] = {self.ids.name, self.pos.name}
 
     # ---- weights ----------------------------------------------------------------------
@@ -194,6 +217,20 @@ class Graph:
 
     def geglu(self, gate: Tensor, up: Tensor, name: str) -> Tensor:
         return self._glu(Op.GEGLU, gate, up, name)
+
+    def ffn(self, x: Tensor, layer: int, act: Op = Op.SWIGLU) -> Tensor:
+        """Layer `layer`'s gated FFN on x (T, n_embd) -> (T, n_embd): the one place every
+        architecture builds it, so a backend can serve the whole block (see FFNBlock)."""
+        if act not in (Op.SWIGLU, Op.GEGLU):
+            raise GraphError(f"{self.arch}: an FFN activation must be SWIGLU or GEGLU, not {act}")
+        p = f"blk.{layer}."
+        first = len(self.nodes)
+        gate = self.mul_mat(p + "ffn_gate.weight", x)                  # (T, n_ff)
+        up = self.mul_mat(p + "ffn_up.weight", x)                      # (T, n_ff)
+        h = self._glu(act, gate, up, name=p + "ffn_act")
+        out = self.mul_mat(p + "ffn_down.weight", h)                   # (T, n_embd)
+        self.ffn_blocks.append(FFNBlock(layer, act, x, tuple(self.nodes[first:])))
+        return out
 
     def output_rows(self, x: Tensor) -> Tensor:
         """The rows whose logits are wanted: all of them, or just the last token's. Models call it

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from ..graph import Op
 from .common import attention, lm_head, rope
 
 DEFAULT_SWA_PATTERN = 6  # five local layers, then one global, when the file does not say
@@ -61,9 +62,7 @@ def build(g, cfg) -> None:
         a = g.rms_norm(a, p + "post_attention_norm.weight", cfg.rms_eps)
         x = g.add(x, a, name=p + "sa_out")
         h = g.rms_norm(x, p + "ffn_norm.weight", cfg.rms_eps)
-        gate = g.mul_mat(p + "ffn_gate.weight", h)                    # (T, n_ff)
-        up = g.mul_mat(p + "ffn_up.weight", h)
-        f = g.mul_mat(p + "ffn_down.weight", g.geglu(gate, up, name=p + "ffn_act"))
+        f = g.ffn(h, il, Op.GEGLU)                                    # (T, n_embd)
         f = g.rms_norm(f, p + "post_ffw_norm.weight", cfg.rms_eps)
         x = g.add(x, f, name=p + "l_out")
     lm_head(g, cfg, x)

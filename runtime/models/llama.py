@@ -6,7 +6,7 @@ rows of Q and K to undo Hugging Face's rotate-half layout.
 """
 from __future__ import annotations
 
-from ..graph import GraphError
+from ..graph import GraphError, Op
 from .common import attention, lm_head, rope
 
 
@@ -36,8 +36,6 @@ def build(g, cfg) -> None:
             a, x = g.output_rows(a), g.output_rows(x)
         x = g.add(x, a, name=p + "ffn_inp")
         h = g.rms_norm(x, p + "ffn_norm.weight", cfg.rms_eps)
-        gate = g.mul_mat(p + "ffn_gate.weight", h)                  # (T, n_ff)
-        up = g.mul_mat(p + "ffn_up.weight", h)                      # (T, n_ff)
-        f = g.mul_mat(p + "ffn_down.weight", g.swiglu(gate, up, name=p + "ffn_act"))
+        f = g.ffn(h, il, Op.SWIGLU)                                 # (T, n_embd)
         x = g.add(x, f, name=p + "l_out")                           # (T, n_embd)
     lm_head(g, cfg, x)
