@@ -118,6 +118,8 @@ def _fetch(e: CatalogEntry, target: Path, progress: bool) -> Path:
 def resolve(model: str | os.PathLike) -> Path:
     """A model argument (a path or a catalog name) -> the path of a GGUF file."""
     p = Path(model)
+    if p.is_dir():
+        raise ValueError(f"{p}: is a directory, not a GGUF model file")
     if p.exists():
         return p
     name = str(model)

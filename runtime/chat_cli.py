@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 from ..formats.catalog import DEFAULT_MODEL
 from .cli_common import (SETTINGS, add_runtime_args, add_sampling_args, apply_setting,
                          describe_settings, dim, generation_summary, load_model,
-                         max_tokens_option, sampling_options, speed)
+                         max_tokens_option, sampling_options, speed, utf8_argument)
 
 PROMPT = ">>> "
 DEFAULT_CHAT_CTX = 2048
@@ -297,6 +297,7 @@ def main(args) -> int:
     from .chat_session import ChatSession
 
     options = {**sampling_options(args), "max_tokens": max_tokens_option(args)}
+    utf8_argument(args.system, "-s/--system")
     interactive = sys.stdin.isatty()
     model = load_model(args.model, args.ctx, args)
     session = ChatSession(model, system_prompt=args.system, **options)
