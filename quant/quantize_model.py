@@ -26,6 +26,7 @@ from gguf import GGML_QUANT_VERSION, GGMLQuantizationType as T, GGUFValueType, K
 from ..formats.catalog import resolve
 from ..formats.gguf import GGUFError, GGUFFile, read_gguf
 from ..formats.output_guard import check_output_path
+from ..formats.progress import progress_bar
 from ..formats.writer import write_gguf
 from . import QTYPES, dequantize, quantize
 from .mix import FileType, TensorPlan, get_ftype, plan_mix
@@ -119,18 +120,19 @@ def convert_tensor(data: np.ndarray, p: TensorPlan) -> np.ndarray:
 
 
 def _converted(gguf_file: GGUFFile, plan: list[TensorPlan], progress: bool) -> Iterator[tuple]:
-    from tqdm import tqdm
-
-    bar = tqdm(plan, desc="quantizing", unit="tensor", disable=not progress, leave=False)
-    for p in bar:
-        bar.set_postfix_str(p.name, refresh=False)
-        out = convert_tensor(gguf_file.tensors[p.name].data, p)
-        yield p.name, out, p.dst_type, p.shape
+    with progress_bar(len(plan), "quantizing", "tensor", enabled=progress) as bar:
+        for p in plan:
+            bar.set_postfix_str(p.name, refresh=False)
+            out = convert_tensor(gguf_file.tensors[p.name].data, p)
+            bar.update(1)
+            yield p.name, out, p.dst_type, p.shape
 
 
 def quantize_model(src, dst, qtype: str | FileType, *, allow_requantize: bool = False,
                    progress: bool = False) -> QuantizeSummary:
     """Quantize the GGUF model `src` to `qtype` (e.g. "Q4_K_M") and write it to `dst`.
+
+    `progress` shows it on stderr: a bar on a terminal, a line every few seconds elsewhere.
 
     `dst` may not be `src` (by any name) nor a path in the model cache (formats/output_guard.py)."""
     ftype = get_ftype(qtype) if isinstance(qtype, str) else qtype
