@@ -62,7 +62,7 @@ def sampling_options(args: argparse.Namespace) -> dict:
     from .sampling import make_sampler
 
     options = {dest: getattr(args, dest) for dest, _, _ in SAMPLING_FLAGS.values()}
-    options["seed"] = None if args.seed is None else read_seed(str(args.seed))
+    options["seed"] = _seed(args.seed)
     make_sampler(**options)         # raises ValueError naming a bad value
     return options
 
@@ -72,12 +72,9 @@ def max_tokens_option(args: argparse.Namespace) -> int | None:
     return _max_tokens(args.max_tokens)
 
 
-def read_seed(text: str) -> int | None:
-    """A seed as --seed and /set take it: -1 (llama.cpp's convention) or "none" mean random."""
-    if text.strip().lower() == "none":
-        return None
-    seed = int(text)
-    if seed < -1:
+def _seed(seed: int | None) -> int | None:
+    """--seed as the library's seed: -1 means random (None), as in llama.cpp."""
+    if seed is not None and seed < -1:
         raise ValueError(f"--seed must be >= 0, or -1 for a random seed; got {seed}")
     return None if seed == -1 else seed
 
@@ -117,7 +114,7 @@ def _max_tokens(n: int) -> int | None:
 # the seed and n. name -> (library keyword, how to read the value).
 SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     **{flag[2:]: (dest, kind) for flag, (dest, kind, _) in SAMPLING_FLAGS.items()},
-    "seed": ("seed", read_seed),
+    "seed": ("seed", lambda text: None if text.strip().lower() == "none" else _seed(int(text))),
     "n": ("max_tokens", lambda text: _max_tokens(int(text))),
 }
 
@@ -188,4 +185,4 @@ def dim(text: str, stream=None) -> str:
 
 
 __all__ = ["SAMPLING_FLAGS", "SETTINGS", "add_sampling_args", "add_runtime_args", "sampling_options",
-           "max_tokens_option", "read_seed", "utf8_argument", "decode_utf8", "apply_setting", "describe_settings", "load_model", "generation_summary", "speed", "dim"]
+           "max_tokens_option", "utf8_argument", "decode_utf8", "apply_setting", "describe_settings", "load_model", "generation_summary", "speed", "dim"]
