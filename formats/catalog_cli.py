@@ -1,7 +1,7 @@
 """`lantern pull NAME` and `lantern list`."""
 from __future__ import annotations
 
-from .catalog import CATALOG, cached_path, downloaded, pull
+from .catalog import CATALOG, cache_status, cached_path, pull
 
 
 def configure_pull_parser(p) -> None:
@@ -18,9 +18,16 @@ def configure_list_parser(p) -> None:
 
 
 def list_main(args) -> int:
-    have = downloaded()
     width = max(len(n) for n in CATALOG)
     for name, e in CATALOG.items():
-        state = f"{have[name] / 1e6:7.1f} MB  {cached_path(name)}" if name in have else "not downloaded"
-        print(f"{name:<{width}}  {state}\n{'':<{width}}  {e.description}")
+        print(f"{name:<{width}}  {_state(name)}\n{'':<{width}}  {e.description}")
     return 0
+
+
+def _state(name: str) -> str:
+    path, status = cached_path(name), cache_status(name)
+    if status == "missing":
+        return "not downloaded"
+    if status == "modified":
+        return f"MODIFIED: {path} no longer matches its sha256 (`lantern pull {name}` downloads it again)"
+    return f"{path.stat().st_size / 1e6:7.1f} MB  {path}"

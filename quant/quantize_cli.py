@@ -8,7 +8,6 @@ The heavy modules are imported only when the command runs.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from .mix import FTYPES, get_ftype
 
@@ -27,7 +26,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="print each tensor's planned type and size, write nothing")
     p.add_argument("--allow-requantize", action="store_true",
                    help="allow quantizing tensors that are already quantized (loses quality)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress (a bar on a terminal, a line every few seconds elsewhere) or summary")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -45,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
             print(format_plan(plan_model(g, ftype, allow_requantize=args.allow_requantize)))
         return 0
     summary = quantize_model(args.input, output, ftype, allow_requantize=args.allow_requantize,
-                             progress=not args.quiet and sys.stderr.isatty())
+                             progress=not args.quiet)
     if not args.quiet:
         n = max(summary.n_elements, 1)
         print(f"wrote {output}: {ftype.name}, {summary.src_nbytes / _MIB:.2f} MiB -> "

@@ -11,7 +11,8 @@ number) set last. Every tensor is converted from float32: F32 directly, F16/BF16
 exactly, already quantized types dequantized first (only with `allow_requantize`, as in
 llama.cpp, since quantizing twice compounds the error).
 
-The file is written atomically (formats/writer.py): an error leaves no partial output.
+The file is written atomically (formats/writer.py): an error leaves no partial output, and an
+output that is the input or lies in the model cache is refused before anything is written.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from gguf import GGML_QUANT_VERSION, GGMLQuantizationType as T, GGUFValueType, K
 
 from ..formats.catalog import resolve
 from ..formats.gguf import GGUFError, GGUFFile, read_gguf
+from ..formats.output_guard import check_output_path
+from ..formats.progress import progress_bar
 from ..formats.writer import write_gguf
 from . import QTYPES, dequantize, quantize
 from .mix import FileType, TensorPlan, get_ftype, plan_mix
@@ -117,20 +120,24 @@ def convert_tensor(data: np.ndarray, p: TensorPlan) -> np.ndarray:
 
 
 def _converted(gguf_file: GGUFFile, plan: list[TensorPlan], progress: bool) -> Iterator[tuple]:
-    from tqdm import tqdm
-
-    bar = tqdm(plan, desc="quantizing", unit="tensor", disable=not progress, leave=False)
-    for p in bar:
-        bar.set_postfix_str(p.name, refresh=False)
-        out = convert_tensor(gguf_file.tensors[p.name].data, p)
-        yield p.name, out, p.dst_type, p.shape
+    with progress_bar(len(plan), "quantizing", "tensor", enabled=progress) as bar:
+        for p in plan:
+            bar.set_postfix_str(p.name, refresh=False)
+            out = convert_tensor(gguf_file.tensors[p.name].data, p)
+            bar.update(1)
+            yield p.name, out, p.dst_type, p.shape
 
 
 def quantize_model(src, dst, qtype: str | FileType, *, allow_requantize: bool = False,
                    progress: bool = False) -> QuantizeSummary:
-    """Quantize the GGUF model `src` to `qtype` (e.g. "Q4_K_M") and write it to `dst`."""
+    """Quantize the GGUF model `src` to `qtype` (e.g. "Q4_K_M") and write it to `dst`.
+
+    `progress` shows it on stderr: a bar on a terminal, a line every few seconds elsewhere.
+
+    `dst` may not be `src` (by any name) nor a path in the model cache (formats/output_guard.py)."""
     ftype = get_ftype(qtype) if isinstance(qtype, str) else qtype
     with open_model(src) as g:
+        check_output_path(dst, inputs=[g.path])
         summary = plan_model(g, ftype, allow_requantize=allow_requantize)
         kv, kv_types, kv_array_types = output_metadata(g, ftype)
         write_gguf(dst, kv, _converted(g, summary.plan, progress), kv_types=kv_types,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -22,7 +23,8 @@ from typing import Callable, Iterator
 from ..formats.catalog import DEFAULT_MODEL
 from .cli_common import (SETTINGS, add_runtime_args, add_sampling_args, apply_setting,
                          describe_settings, dim, generation_summary, load_model,
-                         max_tokens_option, sampling_options, speed)
+                         max_tokens_option, sampling_options, speed, utf8_argument)
+from .terminal_group import own_foreground_group
 
 PROMPT = ">>> "
 DEFAULT_CHAT_CTX = 2048
@@ -297,13 +299,16 @@ def main(args) -> int:
     from .chat_session import ChatSession
 
     options = {**sampling_options(args), "max_tokens": max_tokens_option(args)}
+    utf8_argument(args.system, "-s/--system")
     interactive = sys.stdin.isatty()
-    model = load_model(args.model, args.ctx, args)
-    session = ChatSession(model, system_prompt=args.system, **options)
-    repl = ChatREPL(session, interactive=interactive, quiet=args.quiet)
-    if interactive:
-        _enable_line_editing()
-        if not args.quiet:
-            repl.note(f"{Path(model.name).name} · context {model.n_ctx} tokens · "
-                      f"/help for commands, Ctrl-D to quit", faint=True)
-    return repl.run()
+    # interactively, Ctrl-C belongs to the chat alone (not to a `make chat` around it)
+    with own_foreground_group(sys.stdin.fileno()) if interactive else nullcontext():
+        model = load_model(args.model, args.ctx, args)
+        session = ChatSession(model, system_prompt=args.system, **options)
+        repl = ChatREPL(session, interactive=interactive, quiet=args.quiet)
+        if interactive:
+            _enable_line_editing()
+            if not args.quiet:
+                repl.note(f"{Path(model.name).name} · context {model.n_ctx} tokens · "
+                          f"/help for commands, Ctrl-D to quit", faint=True)
+        return repl.run()

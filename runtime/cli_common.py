@@ -39,7 +39,8 @@ def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
         g.add_argument(flag, dest=dest, type=kind, default=default, metavar="N" if kind is int else "X",
                        help=f"{help_text} (default {default})")
     g.add_argument("--seed", type=int, default=None,
-                   help="random seed: the same seed and flags give the same text (default: random)")
+                   help="random seed: the same seed and flags give the same text; -1 = random, "
+                        "as in llama.cpp (default: random)")
     g.add_argument("-n", "--max-tokens", type=int, default=max_tokens, metavar="N",
                    help=f"most tokens to generate; -1 = until the context is full (default {max_tokens})")
 
@@ -64,7 +65,7 @@ def sampling_options(args: argparse.Namespace) -> dict:
     from .sampling import make_sampler
 
     options = {dest: getattr(args, dest) for dest, _, _ in SAMPLING_FLAGS.values()}
-    options["seed"] = args.seed
+    options["seed"] = _seed(args.seed)
     make_sampler(**options)         # raises ValueError naming a bad value
     return options
 
@@ -72,6 +73,38 @@ def sampling_options(args: argparse.Namespace) -> dict:
 def max_tokens_option(args: argparse.Namespace) -> int | None:
     """-n as the library's max_tokens: None means 'until the context is full'."""
     return _max_tokens(args.max_tokens)
+
+
+def _seed(seed: int | None) -> int | None:
+    """--seed as the library's seed: -1 means random (None), as in llama.cpp."""
+    if seed is not None and seed < -1:
+        raise ValueError(f"--seed must be >= 0, or -1 for a random seed; got {seed}")
+    return None if seed == -1 else seed
+
+
+def utf8_argument(text: str | None, flag: str) -> str | None:
+    """`text` from the command line, or ValueError naming `flag` if its bytes were not UTF-8.
+
+    Python keeps such bytes as lone surrogates ("\\udcXX" for byte XX); the tokenizer would
+    refuse them only after the model has loaded."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        byte = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"character U+{code:04X}"
+        raise ValueError(f"{flag} is not valid UTF-8 text ({byte} at character {exc.start})") from None
+    return text
+
+
+def decode_utf8(data: bytes, source: str) -> str:
+    """`data` as text, or ValueError naming `source` (a file name) and the first bad byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{source}: not valid UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                         f"{exc.start})") from None
 
 
 def _max_tokens(n: int) -> int | None:
@@ -84,7 +117,7 @@ def _max_tokens(n: int) -> int | None:
 # the seed and n. name -> (library keyword, how to read the value).
 SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     **{flag[2:]: (dest, kind) for flag, (dest, kind, _) in SAMPLING_FLAGS.items()},
-    "seed": ("seed", lambda text: None if text.lower() == "none" else int(text)),
+    "seed": ("seed", lambda text: None if text.strip().lower() == "none" else _seed(int(text))),
     "n": ("max_tokens", lambda text: _max_tokens(int(text))),
 }
 
@@ -114,7 +147,7 @@ def describe_settings(options: dict) -> str:
 
 def load_model(model: str, n_ctx: int, args: argparse.Namespace):
     """Load a model (path or catalog name, pulled on first use) with the runtime flags, warm its
-    kernels up (saying so on stderr if that takes a while, unless args.quiet), then give back
+    kernels up (saying so on stderr when that compiles them, unless args.quiet), then give back
     the compiler's pages (runtime/memory.py)."""
     from .model import Model
 
@@ -122,13 +155,13 @@ def load_model(model: str, n_ctx: int, args: argparse.Namespace):
         raise ValueError(f"--ctx must be a positive number of tokens, got {n_ctx}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    from .compile_notice import notice_if_slow
+    from .compile_notice import notice_if_compiling
     from .memory import release_compiler_pages
 
-    loaded = Model.load(model, n_ctx=n_ctx, threads=args.threads, backend=args.backend, device=args.device,
-                        ram_budget=args.ram_budget)
     # the first run on a machine compiles the kernels: say so unless asked to be quiet
-    with nullcontext() if getattr(args, "quiet", False) else notice_if_slow():
+    with nullcontext() if getattr(args, "quiet", False) else notice_if_compiling():
+        loaded = Model.load(model, n_ctx=n_ctx, threads=args.threads, backend=args.backend, device=args.device,
+                            ram_budget=args.ram_budget)
         loaded.engine.warm_up()
     release_compiler_pages()
     return loaded
@@ -156,4 +189,4 @@ def dim(text: str, stream=None) -> str:
 
 
 __all__ = ["SAMPLING_FLAGS", "SETTINGS", "add_sampling_args", "add_runtime_args", "sampling_options",
-           "max_tokens_option", "apply_setting", "describe_settings", "load_model", "generation_summary", "speed", "dim"]
+           "max_tokens_option", "utf8_argument", "decode_utf8", "apply_setting", "describe_settings", "load_model", "generation_summary", "speed", "dim"]

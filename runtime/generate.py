@@ -94,12 +94,26 @@ class KVContext:
         try:
             logits = self.engine.eval(ids)
         except BaseException:
-            # An interrupted eval leaves the cache in an unknown state: start clean next time.
-            self.invalidate()
+            self._keep_completed(ids)
             raise
         self.ids.extend(ids)
         self.evaluated_tokens += len(ids)
         return logits
+
+    def _keep_completed(self, ids: list[int]) -> None:
+        """After an eval of `ids` stopped part-way (Ctrl-C, an error): keep what the cache holds.
+
+        The engine counts a chunk in n_past only once it has run, and a chunk writes keys and
+        values at its own positions only, so the first n_past cached tokens are intact: those
+        before this eval and the chunks of `ids` that completed. Keeping them spares the next
+        prompt a prefill of the whole conversation. A count outside that range means the
+        engine's state is unknown: start clean."""
+        done = self.engine.n_past - len(self.ids)
+        if not 0 <= done <= len(ids):
+            self.invalidate()
+            return
+        self.ids.extend(ids[:done])
+        self.evaluated_tokens += done
 
     def check_prompt(self, prompt_ids: Sequence[int]) -> list[int]:
         """`prompt_ids` as a list of ints, or ValueError if it cannot be generated from."""

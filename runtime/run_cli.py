@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .cli_common import (add_runtime_args, add_sampling_args, dim, generation_summary,
-                         load_model, max_tokens_option, sampling_options)
+from .cli_common import (add_runtime_args, add_sampling_args, decode_utf8, dim, generation_summary,
+                         load_model, max_tokens_option, sampling_options, utf8_argument)
 
 DEFAULT_RUN_CTX = 2048
 DEFAULT_RUN_MAX_TOKENS = 128
@@ -30,19 +30,21 @@ def configure_parser(p) -> None:
 
 
 def read_prompt(args) -> str:
+    """The prompt text, checked to be UTF-8 (before any model is loaded)."""
     if args.prompt is not None:
-        return args.prompt
+        return utf8_argument(args.prompt, "-p/--prompt")
     if args.file == "-":
-        return sys.stdin.read()
+        return decode_utf8(sys.stdin.buffer.read(), "standard input")
     path = Path(args.file)
     if not path.is_file():
         raise FileNotFoundError(f"prompt file not found: {path}")
-    return path.read_text(encoding="utf-8")
+    return decode_utf8(path.read_bytes(), str(path))
 
 
 def main(args) -> int:
     if args.system is not None and not args.chat:
         raise ValueError("--system only applies with --chat")
+    utf8_argument(args.system, "--system")
     sampling = sampling_options(args)
     max_tokens = max_tokens_option(args)
     prompt = read_prompt(args)

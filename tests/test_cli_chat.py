@@ -5,6 +5,8 @@ import io
 import json
 import os
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 
@@ -152,6 +154,75 @@ def test_ctrl_c_clears_the_line_and_ctrl_d_exits(smollm2_path, tmp_path):
     finally:
         child.close()
     assert child.exitstatus == 0
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
+def test_make_chat_exits_0_after_ctrl_c_then_ctrl_d_and_the_answer_stays_in_the_cache(smollm2_path, tmp_path):
+    # make shares its process group with the chat: a Ctrl-C that reaches make makes it kill
+    # itself with SIGINT once the chat ends, however the chat ended
+    makefile = tmp_path / "Makefile"
+    makefile.write_text("chat:\n\t" + shlex.join([sys.executable, *chat_argv(smollm2_path, "-n", 400, "--ctx", 512)])
+                        + "\n")
+    env = {**os.environ, "TERM": "dumb"}
+    child = pexpect.spawn("make", ["-s", "-f", str(makefile), "chat"], cwd=str(tmp_path), env=env,
+                          dimensions=(24, 200), encoding="utf-8", timeout=TIMEOUT)
+    try:
+        child.expect_exact(">>> ")
+        child.sendline("Write a long story about a dragon.")
+        child.expect_exact("dragon.\r\n")
+        child.expect(r"\w\w+")                                     # the answer has begun
+        child.send("\x03")
+        child.expect_exact("interrupted")
+        tokens, _, used, _ = map(int, STATS.search(child.before).groups())
+        assert used >= tokens > 0                                # the cache kept prompt and answer
+        child.expect_exact(">>> ")
+        child.sendline("/set n 4")
+        child.expect_exact(">>> ")
+        child.sendline("Thanks!")
+        _, prefill, _, _ = map(int, STATS.search("".join(read_answer(child))).groups())
+        assert prefill < used                                    # not the whole conversation again
+        child.send("\x04")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert (child.exitstatus, child.signalstatus) == (0, None)
+
+
+@pytest.mark.skipif(not (shutil.which("make") and shutil.which("bash")), reason="needs GNU make and bash")
+def test_ctrl_z_under_make_suspends_the_whole_job_and_fg_resumes_the_chat(smollm2_path, tmp_path):
+    # the chat has a process group of its own under make: Ctrl-Z must still stop make too,
+    # or the shell would wait forever on a make that never stops
+    (tmp_path / "Makefile").write_text("chat:\n\t" + shlex.join([sys.executable, *chat_argv(smollm2_path, "-n", 4, "-q")])
+                                       + "\n")
+    env = {**os.environ, "TERM": "dumb", "PS1": "$ "}
+    shell = pexpect.spawn("bash", ["--norc", "--noprofile", "-i"], cwd=str(tmp_path), env=env,
+                          dimensions=(24, 200), encoding="utf-8", timeout=TIMEOUT)
+    try:
+        shell.expect_exact("$ ")
+        shell.sendline("make -s chat; echo make-status=$?")
+        shell.expect_exact(">>> ")
+        shell.send("\x1a")
+        shell.expect("Stopped +make -s chat")
+        shell.expect_exact("$ ")
+        shell.sendline("fg")
+        shell.sendline("Hi!")
+        shell.expect_exact(">>> ")                                 # the chat answered after fg
+        shell.send("\x04")
+        shell.expect_exact("$ ")
+        shell.sendline("echo status=$?")
+        shell.expect(r"status=(\d+)")
+        assert shell.match.group(1) == "0"
+        shell.sendline("exit")
+        shell.expect(pexpect.EOF)
+    finally:
+        shell.close()
+
+
+def test_invalid_utf8_system_prompt_fails_before_the_model_loads(tmp_path, capsys):
+    from lanternlm.cli import main as lantern
+
+    assert lantern(["chat", str(tmp_path / "missing.gguf"), "-s", "caf\udce9"]) == 1
+    assert capsys.readouterr().err == "lantern: error: -s/--system is not valid UTF-8 text (byte 0xe9 at character 3)\n"
 
 
 # ---------------------------------------------------------------- commands, in-process

@@ -34,7 +34,8 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     not_gguf = tmp_path / "notes.txt"
     not_gguf.write_text("hello, this is a text file and not a model at all")
     for argv, message in [(["info", str(tmp_path / "missing.gguf")], "not a catalog model"),
-                          (["info", str(not_gguf)], "magic")]:
+                          (["info", str(not_gguf)], "magic"),
+                          (["info", str(tmp_path)], f"{tmp_path}: is a directory, not a GGUF model file")]:
         assert cli.main(argv) == 1
         err = capsys.readouterr().err
         assert err.startswith("lantern: error:") and message in err and err.count("\n") == 1

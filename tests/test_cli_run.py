@@ -88,9 +88,12 @@ def bad_files(tmp_path):
     mamba = _write_gguf(tmp_path / "mamba.gguf", "mamba")
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"this is not a model file " * 8)
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("Ol\u00e1, caf\u00e9".encode("latin-1"))      # 0xe1 is no UTF-8 sequence
+    (tmp_path / "a-folder").mkdir()
     return {"mamba": mamba, "junk": junk,
             "bad_type": _with_unknown_tensor_type(mamba, tmp_path / "badtype.gguf"),
-            "missing": tmp_path / "missing.gguf"}
+            "missing": tmp_path / "missing.gguf", "latin1": latin1, "folder": tmp_path / "a-folder"}
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -104,6 +107,12 @@ def bad_files(tmp_path):
     (["{mamba}", "-p", "hi", "-n", "-5"], "-n/--max-tokens must be >= 0"),
     (["{mamba}", "-p", "hi", "--system", "x"], "--system only applies with --chat"),
     (["{mamba}", "-p", "hi", "--ctx", "0"], "--ctx must be a positive number"),
+    (["{folder}", "-p", "hi"], "a-folder: is a directory, not a GGUF model file"),
+    (["{mamba}", "-f", "{latin1}"], "latin1.txt: not valid UTF-8 text (byte 0xe1 at offset 2)"),
+    # "caf\xe9" in argv reaches Python as "caf\udce9"; the model (missing) is never looked at
+    (["{missing}", "-p", "caf\udce9"], "-p/--prompt is not valid UTF-8 text (byte 0xe9 at character 3)"),
+    (["{missing}", "--chat", "-p", "hi", "--system", "\udcff"], "--system is not valid UTF-8 text"),
+    (["{mamba}", "-p", "hi", "--seed", "-2"], "--seed must be >= 0, or -1 for a random seed"),
 ])
 def test_bad_input_is_one_error_line(bad_files, capsys, argv, message):
     argv = [a.format(**bad_files) for a in argv]
@@ -112,6 +121,29 @@ def test_bad_input_is_one_error_line(bad_files, capsys, argv, message):
     assert rc == 1 and out == ""
     assert err.startswith("lantern: error: ") and err.count("\n") == 1, err
     assert message in err
+
+
+def test_invalid_utf8_prompt_bytes_fail_before_the_model_loads(bad_files):
+    # real bytes in argv and on stdin, as a shell passes them
+    proc = subprocess.run([sys.executable, "-m", "lanternlm.cli", "run", str(bad_files["missing"]), "-p", b"caf\xe9"],
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.decode() == "lantern: error: -p/--prompt is not valid UTF-8 text (byte 0xe9 at character 3)\n"
+    proc = subprocess.run([sys.executable, "-m", "lanternlm.cli", "run", str(bad_files["missing"]), "-f", "-"],
+                          input=b"caf\xe9", capture_output=True, timeout=120)
+    assert proc.stderr.decode() == "lantern: error: standard input: not valid UTF-8 text (byte 0xe9 at offset 3)\n"
+
+
+def test_seed_minus_one_means_random_as_in_llama_cpp():
+    from lanternlm.runtime.cli_common import SETTINGS, sampling_options
+
+    def seed_of(*flags):
+        return sampling_options(cli.build_parser("run").parse_args(["run", "m.gguf", "-p", "hi", *flags]))["seed"]
+
+    assert seed_of("--seed", "-1") is None and seed_of() is None    # None: the library draws a seed
+    assert seed_of("--seed", "0") == 0 and seed_of("--seed", "7") == 7
+    read = SETTINGS["seed"][1]                                       # /set seed in the chat
+    assert read("-1") is None and read("none") is None and read("5") == 5
 
 
 def test_module_entry_point_exits_nonzero_without_traceback(bad_files):

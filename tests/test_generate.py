@@ -206,16 +206,33 @@ def test_engine_used_behind_the_contexts_back_is_detected():
     assert reused == 0 and engine.eval_calls == [[1, 2, 3, 4]] and engine.tokens == [1, 2, 3, 4]
 
 
-def test_interrupted_eval_leaves_a_clean_cache():
+def test_interrupted_eval_keeps_what_the_cache_completed():
     engine, ctx = counting_setup()
     ctx.prefill([1, 2, 3])
     engine.fail_next_eval = True
     with pytest.raises(KeyboardInterrupt):
-        ctx.prefill([1, 2, 3, 4, 5, 6])
-    assert ctx.ids == [] and engine.n_past == 0
+        ctx.prefill([1, 2, 3, 4, 5, 6])               # the engine completes 4, then stops
+    assert ctx.ids == [1, 2, 3, 4] and engine.n_past == 4
     engine.eval_calls.clear()
-    ctx.prefill([1, 2])
-    assert engine.eval_calls == [[1, 2]]
+    _, reused = ctx.prefill([1, 2, 3, 4, 5, 6, 7])
+    assert reused == 4 and engine.eval_calls == [[5, 6, 7]]
+
+
+def test_interrupted_eval_with_an_unexplained_cache_starts_clean():
+    engine, ctx = counting_setup()
+    ctx.prefill([1, 2, 3])
+    real_eval = engine.eval
+
+    def eval_that_loses_the_cache(ids, all_logits=False):
+        engine.reset()
+        raise KeyboardInterrupt
+    engine.eval = eval_that_loses_the_cache
+    with pytest.raises(KeyboardInterrupt):
+        ctx.prefill([1, 2, 3, 4])
+    assert ctx.ids == [] and engine.n_past == 0
+    engine.eval = real_eval
+    _, reused = ctx.prefill([1, 2])
+    assert reused == 0 and engine.eval_calls[-1] == [1, 2]
 
 
 @pytest.mark.parametrize("prompt, match", [

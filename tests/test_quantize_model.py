@@ -196,6 +196,34 @@ def test_cli_quantizes_like_llama_cpp(quantize_command_only, tiny_inputs, tmp_pa
     assert sha256_file(out) == REFERENCES["narrow"]["quantizations"]["Q3_K_M"]["file_sha256"]
 
 
+def test_cli_prints_progress_lines_when_stderr_is_not_a_terminal(quantize_command_only, tiny_inputs, tmp_path,
+                                                                 capsys):
+    n_tensors = len(REFERENCES["wide"]["tensor_order"])
+    assert cli.main(["quantize", str(tiny_inputs["wide"]), str(tmp_path / "out.gguf"), "Q8_0"]) == 0
+    err = capsys.readouterr().err                   # captured: not a terminal
+    lines = err.splitlines()
+    assert "\r" not in err and lines and all(line.startswith("quantizing: ") for line in lines)
+    assert lines[0].startswith(f"quantizing: 0/{n_tensors} tensors (0%)")
+    assert lines[-1].startswith(f"quantizing: {n_tensors}/{n_tensors} tensors (100%)")
+    assert cli.main(["quantize", "-q", str(tiny_inputs["wide"]), str(tmp_path / "quiet.gguf"), "Q8_0"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_lines_come_at_most_once_per_interval():
+    import io
+    from lanternlm.formats.progress import ProgressLines
+
+    every, never = io.StringIO(), io.StringIO()
+    for stream, interval in ((every, 0.0), (never, 1e9)):
+        with ProgressLines(4, "quantizing", "tensor", stream, interval=interval) as bar:
+            for name in ("a", "b", "c", "d"):
+                bar.set_postfix_str(name)
+                bar.update(1)
+    counts = [line.split()[1] for line in every.getvalue().splitlines()]
+    assert counts == ["0/4", "1/4", "2/4", "3/4", "4/4"] and every.getvalue().splitlines()[2].endswith(", b]")
+    assert [line.split()[1] for line in never.getvalue().splitlines()] == ["0/4", "4/4"]   # start and end
+
+
 def test_cli_dry_run_prints_the_plan_and_writes_nothing(quantize_command_only, tiny_inputs, tmp_path, capsys):
     assert cli.main(["quantize", "--dry-run", str(tiny_inputs["wide"]), "Q4_K_M"]) == 0
     lines = capsys.readouterr().out.splitlines()

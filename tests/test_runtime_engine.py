@@ -11,6 +11,7 @@ from gguf import GGMLQuantizationType as T
 from lanternlm.formats.writer import write_gguf
 from lanternlm.quant import quantize
 from lanternlm.runtime.engine import ContextFullError, Engine
+from lanternlm.runtime.generate import KVContext
 from lanternlm.runtime.graph import MissingTensorsError
 
 N_VOCAB, N_EMBD, N_HEAD, N_HEAD_KV, HEAD_DIM, N_FF, N_LAYER = 64, 64, 4, 2, 16, 96, 3
@@ -220,6 +221,43 @@ def test_truncate_reuses_the_cached_prefix(model):
     eng.truncate(6)
     assert eng.n_past == 6
     np.testing.assert_allclose(eng.eval(IDS[6:]), fresh, rtol=1e-5, atol=1e-5)
+
+
+def interrupt_once(program, at: int) -> None:
+    """Make `program` raise KeyboardInterrupt before its kernel number `at`, once (as Ctrl-C
+    does: Python raises it between two kernels)."""
+    fn, args = program.calls[at]
+
+    def interrupted(*a):
+        program.calls[at] = (fn, args)
+        raise KeyboardInterrupt
+
+    program.calls[at] = (interrupted, args)
+
+
+def test_an_interrupted_eval_keeps_the_tokens_the_cache_completed(model):
+    _, path, _ = model
+    first, more = IDS[:3], IDS[3:] + [7]           # `more`: 9 tokens -> chunks of 4, 4 and 1
+
+    def engine_and_context():
+        eng = Engine.load(path, n_ctx=32, n_batch=4)
+        return eng, KVContext(eng, 32)
+
+    eng, ctx = engine_and_context()
+    ctx.prefill(first)
+    interrupt_once(eng.decode_program, len(eng.decode_program.calls) // 2)   # inside the third chunk
+    with pytest.raises(KeyboardInterrupt):
+        ctx.prefill(first + more)
+    assert ctx.ids == first + more[:8] and eng.n_past == 11         # not an emptied cache
+    logits, reused = ctx.prefill(first + more + [9])
+    assert reused == 11                                               # only the rest is evaluated
+
+    # the same chunks, never interrupted: bit-identical, so the kept cache was intact
+    ref, ref_ctx = engine_and_context()
+    for n in (3, 11):
+        ref_ctx.prefill((first + more)[:n])
+    want, _ = ref_ctx.prefill(first + more + [9])
+    np.testing.assert_array_equal(logits, want)
 
 
 def test_input_errors(model):

@@ -88,6 +88,13 @@ class HFCheckpoint:
             _check_index_complete(directory, weight_map, tensors)
         return cls(directory, config, tensors)
 
+    @property
+    def files(self) -> list[Path]:
+        """The files the checkpoint is read from: config, shard index (if any) and shards."""
+        shards = sorted({t.path for t in self.tensors.values()})
+        index = self.directory / INDEX_FILE
+        return [self.directory / CONFIG_FILE, *([index] if index.is_file() else []), *shards]
+
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
     """A JSON object from `path`, with a one-line error naming the file when it is absent or bad."""

@@ -15,12 +15,13 @@ from pathlib import Path
 
 from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFType, LlamaFileType
 
+from ..output_guard import check_output_path
 from ..writer import write_gguf
 from .checkpoint import ConvertError, HFCheckpoint
 from .families import family_for
 from .hf_config import HFConfig, add_generic_hparams
 from .hf_tensors import convert_tensors, plan_tensors
-from .hf_tokenizer import add_vocab, load_vocab
+from .hf_tokenizer import TOKENIZER_FILES, add_vocab, load_vocab
 from .metadata import MetadataBuilder
 
 __all__ = ["OUTTYPES", "ConversionReport", "convert_hf_to_gguf"]
@@ -62,6 +63,7 @@ def convert_hf_to_gguf(hf_dir: str | os.PathLike, out_path: str | os.PathLike,
     wanted, file_type = OUTTYPES[outtype]
     out = _checked_output(out_path)
     ckpt = HFCheckpoint.open(hf_dir)
+    check_output_path(out, inputs=[*ckpt.files, *(ckpt.directory / name for name in TOKENIZER_FILES)])
     hf_arch, family = family_for(ckpt.config)
     cfg = HFConfig(ckpt.config)
 

@@ -37,12 +37,14 @@ from gguf import TokenType
 from .checkpoint import ConvertError, read_json
 from .metadata import MetadataBuilder
 
-__all__ = ["Vocab", "load_vocab", "add_vocab", "PRE_TOKENIZER_SIGNATURES", "pre_tokenizer_name"]
+__all__ = ["Vocab", "load_vocab", "add_vocab", "PRE_TOKENIZER_SIGNATURES", "pre_tokenizer_name", "TOKENIZER_FILES"]
 
 SPM_FILE = "tokenizer.model"
 HF_TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 ADDED_TOKENS_FILE = "added_tokens.json"
+# every file the vocabulary may be read from (the converter never writes over one of them)
+TOKENIZER_FILES = (SPM_FILE, HF_TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, ADDED_TOKENS_FILE)
 _SPM_SPACE = "\u2581"  # SentencePiece's visible space
 
 
