@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("lanternlm.runtime.run_cli", "generate a continuation of a prompt, streamed to stdout"),
     "bench": ("lanternlm.runtime.bench_cli", "prefill and decode speed, load time and memory (llama-bench style)"),
     "perplexity": ("lanternlm.runtime.perplexity", "perplexity (and KL divergence to a base model) on a text"),
+    "offload": ("lanternlm.runtime.offload_plan", "build an offload plan: which FFN neurons a token needs, "
+                                                  "for models larger than RAM"),
     "info": ("lanternlm.formats.info", "describe a GGUF model"),
     "pull": ("lanternlm.formats.catalog_cli", "download a catalog model"),
     "list": ("lanternlm.formats.catalog_cli", "list catalog models and what is downloaded"),
