@@ -7,10 +7,10 @@
     every = eng.logits(ids)              # f32 (len(ids), n_vocab), from an empty cache
     hidden = eng.embeddings(ids)         # f32 (len(ids), n_embd): final hidden states, ditto
 
-Four graphs are built and planned at load: decode (1 token), prefill (n_batch tokens, last
-logits), prefill_all (n_batch tokens, every token's logits) and embed (n_batch tokens, every
-token's hidden state after the output norm, no LM head). Long inputs run in chunks of n_batch
-tokens.
+Three graphs are built and planned at load: decode (1 token), prefill (n_batch tokens, last
+logits) and prefill_all (n_batch tokens, every token's logits); a fourth, embed (n_batch tokens,
+every token's hidden state after the output norm, no LM head), at the first embeddings() call.
+Long inputs run in chunks of n_batch tokens.
 """
 from __future__ import annotations
 
@@ -60,19 +60,18 @@ class Engine:
         kv_dtype = backend_cls.kv_dtype(kv_type) if hasattr(backend_cls, "kv_dtype") else np.float32
         self.kv = KVCache.for_config(self.cfg, n_ctx, zeros=backend_cls.zeros, dtype=kv_dtype)
         self.backend = backend_cls(gguf_file.tensors, self.kv)
-        arch = get_architecture(self.cfg.arch)
-        shapes = {name: tuple(int(d) for d in ref.shape) for name, ref in gguf_file.tensors.items()}
-
-        def build(n_tokens: int, all_logits: bool = False, embeddings: bool = False) -> Graph:
-            g = Graph(self.cfg.arch, shapes, n_tokens, all_logits, embeddings)
-            arch.module.build(g, self.cfg)
-            return g.finish()
-
-        self.graphs = {"decode": build(1), "prefill": build(self.n_batch),
-                       "prefill_all": build(self.n_batch, all_logits=True),
-                       "embed": build(self.n_batch, embeddings=True)}
-        self.executor = Executor(self.backend, self.graphs, self.n_batch)
+        self._arch = get_architecture(self.cfg.arch)
+        self._shapes = {name: tuple(int(d) for d in ref.shape) for name, ref in gguf_file.tensors.items()}
+        self.executor = Executor(self.backend, {"decode": self._build(1), "prefill": self._build(self.n_batch),
+                                                "prefill_all": self._build(self.n_batch, all_logits=True)},
+                                 self.n_batch)
+        self.graphs = self.executor.graphs
         self.decode_program: Program = self.executor.program("decode", 1)
+
+    def _build(self, n_tokens: int, all_logits: bool = False, embeddings: bool = False) -> Graph:
+        g = Graph(self.cfg.arch, self._shapes, n_tokens, all_logits, embeddings)
+        self._arch.module.build(g, self.cfg)
+        return g.finish()
 
     @classmethod
     def load(cls, path: str | os.PathLike, **kwargs) -> Engine:
@@ -119,6 +118,8 @@ class Engine:
     def embeddings(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Every position's final hidden state (after the output norm, where the LM head would
         start) for `ids` from an empty cache: f32 (len(ids), n_embd)."""
+        if "embed" not in self.graphs:     # most sessions never embed: no graph for it at load
+            self.executor.add("embed", self._build(self.n_batch, embeddings=True))
         self.reset()
         return self._run(ids, "embed")
 

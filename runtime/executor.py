@@ -54,6 +54,17 @@ class Executor:
         self.pos = backend.zeros(max_tokens, np.int64)
         self._programs: dict[tuple[str, int], Program] = {}
 
+    def add(self, key: str, graph: Graph) -> None:
+        """Plan one more graph after construction. It shares the arena, which is not grown (bound
+        programs view it), so it must fit: an every-row variant of a planned graph that computes
+        less, such as an embeddings graph beside the all-logits one, does."""
+        graph_plan = plan(graph)
+        if graph_plan.size > self.arena.shape[0] or graph.n_tokens > self.ids.shape[0]:
+            raise ValueError(f"graph {key!r} needs {graph_plan.size} arena floats for {graph.n_tokens} tokens; "
+                             f"the executor has {self.arena.shape[0]} for {self.ids.shape[0]}")
+        self.graphs[key] = graph
+        self.plans[key] = graph_plan
+
     @property
     def arena_bytes(self) -> int:
         return self.arena.nbytes
