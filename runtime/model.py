@@ -273,8 +273,10 @@ class Model:
         recorder = shapes.LogprobRecorder(sampler, logprobs) if logprobs is not None else None
         prompt_ids = self.prompt_ids(prompt)
         chunks = self._generate(prompt_ids, max_tokens, stop, recorder or sampler)
-        text_offset = len(prompt if isinstance(prompt, str) else self.detokenize(prompt_ids))
-        fmt = shapes.CompletionLogprobs(self.tokenizer, text_offset) if recorder else None
+        fmt = None
+        if recorder is not None:    # offsets count from the end of the prompt's text
+            text = prompt if isinstance(prompt, str) else self.detokenize(prompt_ids)
+            fmt = shapes.CompletionLogprobs(self.tokenizer, len(text))
         head = shapes.header("cmpl", model or self.name)
         build = shapes.completion_chunks if stream else shapes.completion
         return build(head, shapes.pieces(chunks, recorder), fmt)

@@ -194,9 +194,9 @@ def _shaped(head: dict, obj: str, choice: dict) -> dict:
             "choices": [choice]}
 
 
-def _logprobs(fmt: Formatter | None, entries: list[TokenLogprob], final: bool = True):
+def _logprobs(fmt: Formatter | None, entries: list[TokenLogprob], even_empty: bool = True):
     # a stream's chunk without tokens of its own reports null, as llama-cpp-python's do
-    return fmt(entries) if fmt is not None and (entries or final) else None
+    return fmt(entries) if fmt is not None and (entries or even_empty) else None
 
 
 def completion(head: dict, stream: Iterable[Piece], fmt: Formatter | None) -> dict:
@@ -209,7 +209,7 @@ def completion(head: dict, stream: Iterable[Piece], fmt: Formatter | None) -> di
 def completion_chunks(head: dict, stream: Iterable[Piece], fmt: Formatter | None) -> Iterator[dict]:
     for piece in stream:
         yield _shaped(head, "text_completion", {"text": piece.text, "index": 0,
-                                                "logprobs": _logprobs(fmt, piece.logprobs, final=False),
+                                                "logprobs": _logprobs(fmt, piece.logprobs, even_empty=False),
                                                 "finish_reason": piece.finish_reason})
 
 
@@ -229,7 +229,7 @@ def chat_completion_chunks(head: dict, stream: Iterable[Piece], fmt: Formatter |
     yield chunk({"role": "assistant"}, None, None)
     for piece in stream:
         delta = {} if piece.finish_reason is not None else {"content": piece.text}
-        yield chunk(delta, _logprobs(fmt, piece.logprobs, final=False), piece.finish_reason)
+        yield chunk(delta, _logprobs(fmt, piece.logprobs, even_empty=False), piece.finish_reason)
 
 
 def embedding_list(vectors: list, model: str, n_tokens: int) -> dict:
