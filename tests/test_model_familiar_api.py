@@ -1,7 +1,8 @@
 """The llama-cpp-python spellings of `lanternlm.Model` on the real SmolLM2-135M Q4_1: the
 constructor, completions (dicts, streams, logprobs), tokenize(bytes), embeddings, OpenAI
-content parts, keyword errors. Checked against hand-computed cases, gguf-py and the model's
-own verified paths (Model.logits, the logits graph's final norm), never against themselves."""
+content parts, keyword errors. Values are checked against hand-computed cases, gguf-py, the
+llama.cpp reference and the model's own verified paths (Model.logits, the logits graph's final
+norm); streams are checked to add up to the whole result."""
 import subprocess
 import sys
 
