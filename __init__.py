@@ -13,3 +13,9 @@ def __getattr__(name):
         from .runtime.model import Model
         return Model
     raise AttributeError(f"module 'lanternlm' has no attribute {name!r}")
+
+
+def __dir__():
+    # `Model` is not a module global until first used (see __getattr__); list it anyway, so that
+    # dir(lanternlm) and tab completion show the public API
+    return sorted(set(globals()) | set(__all__))

@@ -9,6 +9,10 @@ the current answer (or clears the line being typed), Ctrl-D or /quit exits, a di
 each answer gives its tokens and speed. Piped (stdin is not a terminal): every input line is
 one message, its answer is one block on stdout, everything else goes to stderr, and the chat
 ends at end of input — so `printf 'Hi\\n' | lantern chat -q` prints just the answer.
+
+A message of several lines is written as in ollama: a line starting with three double quotes
+opens it, a line ending with them closes it (a line both starting and ending with them is a
+one-line message); the lines between, commands included, are the message.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from .cli_common import (SETTINGS, add_runtime_args, add_sampling_args, apply_se
 from .terminal_group import own_foreground_group
 
 PROMPT = ">>> "
+CONTINUATION_PROMPT = "... "    # inside a multi-line message
 DEFAULT_CHAT_CTX = 2048
 DEFAULT_CHAT_MAX_TOKENS = 512
 ROLES = ("system", "user", "assistant")
@@ -50,6 +55,37 @@ class Totals:
     seconds: float = 0.0
 
 
+class MultilineMessage:
+    """ollama's multi-line input: a line starting with QUOTES opens a message, a line ending
+    with them closes it. `feed(line)` returns the finished message, None while it is open."""
+
+    QUOTES = '"' * 3
+
+    def __init__(self):
+        self.lines: list[str] | None = None     # the open message's lines so far, None when closed
+
+    @property
+    def open(self) -> bool:
+        return self.lines is not None
+
+    def starts(self, line: str) -> bool:
+        return self.open or line.startswith(self.QUOTES)
+
+    def feed(self, line: str) -> str | None:
+        if self.lines is None:
+            line = line[len(self.QUOTES):]
+            self.lines = []
+        closed = line.endswith(self.QUOTES)
+        self.lines.append(line[:-len(self.QUOTES)] if closed else line)
+        if not closed:
+            return None
+        text, self.lines = "\n".join(self.lines).strip(), None
+        return text
+
+    def discard(self) -> None:
+        self.lines = None
+
+
 @dataclass(frozen=True)
 class Command:
     run: Callable[["ChatREPL", str], bool]     # (repl, argument text) -> keep chatting?
@@ -69,6 +105,7 @@ class ChatREPL:
         self.err = err or sys.stderr
         self.totals = Totals()
         self.failed_turns = 0
+        self.multiline = MultilineMessage()
 
     # ------------------------------------------------------------------ output
 
@@ -86,8 +123,9 @@ class ChatREPL:
             return
         while True:
             try:
-                yield input(PROMPT)
+                yield input(CONTINUATION_PROMPT if self.multiline.open else PROMPT)
             except KeyboardInterrupt:
+                self.multiline.discard()
                 print(file=self.out, flush=True)
             except EOFError:
                 print(file=self.out, flush=True)
@@ -95,13 +133,21 @@ class ChatREPL:
 
     def run(self) -> int:
         for line in self.lines():
-            if not line.strip():
+            if self.multiline.starts(line):
+                message = self.multiline.feed(line)
+                if message:
+                    self.answer(message)
+            elif not line.strip():
                 continue
-            if line.startswith("/"):
+            elif line.startswith("/"):
                 if not self.command(line):
                     break
             else:
                 self.answer(line)
+        if self.multiline.open:
+            self.multiline.discard()
+            self.failed_turns += 1
+            self.note("error: the input ended inside a multi-line message; it was not sent")
         return 1 if self.failed_turns and not self.interactive else 0
 
     def command(self, line: str) -> bool:
@@ -176,6 +222,8 @@ class ChatREPL:
         for c in dict.fromkeys(COMMANDS.values()):
             self.note(f"  {c.usage:<{width}}  {c.help}")
         self.note("  Ctrl-C stops an answer, Ctrl-D exits.")
+        quotes = MultilineMessage.QUOTES
+        self.note(f"  {quotes} starts a message of several lines; a line ending with {quotes} sends it.")
         return True
 
     def cmd_reset(self, arg: str) -> bool:

@@ -13,6 +13,7 @@ import sys
 from contextlib import nullcontext
 from typing import Any, Callable
 
+from .generate import generation_summary, speed
 from .sampling import SamplingParams
 
 _SAMPLING_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SamplingParams)}
@@ -165,21 +166,6 @@ def load_model(model: str, n_ctx: int, args: argparse.Namespace):
         loaded.engine.warm_up()
     release_compiler_pages()
     return loaded
-
-
-def speed(tokens: int, seconds: float) -> str:
-    return f"{tokens / seconds:.1f} tok/s" if seconds > 0 and tokens > 0 else "- tok/s"
-
-
-def generation_summary(stats) -> str:
-    """One line of a generation's counters: generated tokens and decode speed, then prefill.
-
-    Decode speed counts the steps after the first token (the first one's time is the
-    prefill's), so it is what a longer answer would sustain.
-    """
-    decode_steps = max(stats.completion_tokens - 1, 0)
-    return (f"{stats.completion_tokens} tokens, {speed(decode_steps, stats.decode_seconds)} | "
-            f"prefill {stats.prefill_tokens} tokens, {speed(stats.prefill_tokens, stats.prompt_seconds)}")
 
 
 def dim(text: str, stream=None) -> str:

@@ -41,6 +41,8 @@ class ModelConfig:
     attn_scale: float = 0.0         # softmax scale of q.k; 0 -> 1 / sqrt(head_dim)
     embd_scale: float = 1.0         # token embeddings are multiplied by this
     attn_qkv_bias: bool = False     # q/k/v projections carry bias tensors
+    pooling_type: int = -1          # <arch>.pooling_type, llama.cpp's enum llama_pooling_type
+                                    # (0 none, 1 mean, 2 cls, 3 last, 4 rank); -1: the file has none
     # derived in __post_init__
     n_embd_q: int = field(init=False)   # n_head * head_dim
     n_embd_kv: int = field(init=False)  # n_head_kv * head_dim
@@ -71,6 +73,9 @@ class ModelConfig:
             raise ConfigError(f"{self.arch}: {len(self.swa_layers)} sliding-window flags for {self.n_layer} layers")
         if any(self.swa_layers) and self.sliding_window <= 0:
             raise ConfigError(f"{self.arch}: sliding-window layers need a positive sliding_window")
+        if not -1 <= self.pooling_type <= 4:
+            raise ConfigError(f"{self.arch}: pooling_type must be 0..4 (llama.cpp's pooling types), "
+                              f"got {self.pooling_type}")
         if not self.attn_scale:
             derive("attn_scale", 1.0 / math.sqrt(self.head_dim))
         derive("n_embd_q", self.n_head * self.head_dim)
@@ -156,6 +161,7 @@ def generic_fields(kv: Mapping[str, Any], arch: str) -> dict:
         n_rot=k.int("rope.dimension_count", 0),
         rope_base=k.float("rope.freq_base", 10000.0),
         rope_freq_scale=_rope_freq_scale(k),
+        pooling_type=k.int("pooling_type", -1),
     )
     if k.float("final_logit_softcapping", 0.0):
         raise ConfigError(f"{arch}: final logit soft-capping is not supported")

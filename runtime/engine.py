@@ -6,10 +6,12 @@
     logits = eng.eval([next_id])         # appends at position eng.n_past
     eng.truncate(n); eng.reset()         # drop cached tokens past n / all of them
     every = eng.logits(ids)              # f32 (len(ids), n_vocab), from an empty cache
+    hidden = eng.embeddings(ids)         # f32 (len(ids), n_embd): final hidden states, ditto
 
 Three graphs are built and planned at load: decode (1 token), prefill (n_batch tokens, last
-logits) and prefill_all (n_batch tokens, every token's logits). Long inputs run in chunks of
-n_batch tokens.
+logits) and prefill_all (n_batch tokens, every token's logits); a fourth, embed (n_batch tokens,
+every token's hidden state after the output norm, no LM head), at the first embeddings() call.
+Long inputs run in chunks of n_batch tokens.
 
 With a RAM budget (bytes, or '300MB', '1.5GB', '40%' of the file) the cpu backend keeps only
 that many bytes of weights in RAM and streams the rest from disk at every use
@@ -57,16 +59,10 @@ class Engine:
         self.n_batch = min(n_batch, n_ctx)
         self.threads = self.governor.threads if self.governor else numba.get_num_threads()
 
-        arch = get_architecture(self.cfg.arch)
-        shapes = {name: tuple(int(d) for d in ref.shape) for name, ref in gguf_file.tensors.items()}
-
-        def build(n_tokens: int, all_logits: bool) -> Graph:
-            g = Graph(self.cfg.arch, shapes, n_tokens, all_logits)
-            arch.module.build(g, self.cfg)
-            return g.finish()
-
-        self.graphs = {"decode": build(1, False), "prefill": build(self.n_batch, False),
-                       "prefill_all": build(self.n_batch, True)}
+        self._arch = get_architecture(self.cfg.arch)
+        self._shapes = {name: tuple(int(d) for d in ref.shape) for name, ref in gguf_file.tensors.items()}
+        graphs = {"decode": self._build(1), "prefill": self._build(self.n_batch),
+                  "prefill_all": self._build(self.n_batch, all_logits=True)}
 
         # backend_class: a backend class used as given (offload calibration's FFN probe)
         backend_cls = backend_class or get_backend(backend, device=device, weights=weights)
@@ -80,9 +76,15 @@ class Engine:
             if backend != "cpu":
                 raise ValueError(f"a RAM budget streams weights on the cpu backend, not {backend!r}")
             from .weight_residency import streaming_backend
-            self.backend = streaming_backend(gguf_file, self.kv, self.graphs, ram_budget, self.n_batch)
-        self.executor = Executor(self.backend, self.graphs, self.n_batch)
+            self.backend = streaming_backend(gguf_file, self.kv, graphs, ram_budget, self.n_batch)
+        self.executor = Executor(self.backend, graphs, self.n_batch)
+        self.graphs = self.executor.graphs
         self.decode_program: Program = self.executor.program("decode", 1)
+
+    def _build(self, n_tokens: int, all_logits: bool = False, embeddings: bool = False) -> Graph:
+        g = Graph(self.cfg.arch, self._shapes, n_tokens, all_logits, embeddings)
+        self._arch.module.build(g, self.cfg)
+        return g.finish()
 
     @classmethod
     def load(cls, path: str | os.PathLike, **kwargs) -> Engine:
@@ -119,19 +121,38 @@ class Engine:
         """Append `ids` at positions n_past.. and return the last token's logits, f32 (n_vocab,)
         (an internal buffer, valid until the next call; a device tensor on the torch backend),
         or with `all_logits` a new f32 numpy array (len(ids), n_vocab) of every token's logits."""
+        return self._run(ids, "prefill_all" if all_logits else None)
+
+    def logits(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Every position's logits for `ids` from an empty cache: f32 (len(ids), n_vocab)."""
+        self.reset()
+        return self.eval(ids, all_logits=True)
+
+    def embeddings(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Every position's final hidden state (after the output norm, where the LM head would
+        start) for `ids` from an empty cache: f32 (len(ids), n_embd)."""
+        if "embed" not in self.graphs:     # most sessions never embed: no graph for it at load
+            self.executor.add("embed", self._build(self.n_batch, embeddings=True))
+        self.reset()
+        return self._run(ids, "embed")
+
+    def _run(self, ids, every_row: str | None) -> np.ndarray:
+        """Evaluate `ids` in chunks of n_batch; with `every_row` (the key of an every-row graph)
+        collect that graph's output for every token, else return the last token's logits."""
         ids = self._check_ids(ids)
         if self.governor:
             self.threads = self.governor.threads
         if numba.get_num_threads() != self.threads:  # the setting is per calling thread in Numba
             numba.set_num_threads(self.threads)
         n = ids.shape[0]
-        result = np.empty((n, self.cfg.n_vocab), dtype=np.float32) if all_logits else None
+        result = (np.empty((n, self.graphs[every_row].output.width), dtype=np.float32)
+                  if every_row else None)
         logits = None
         for start in range(0, n, self.n_batch):
             chunk = ids[start:start + self.n_batch]
             t = chunk.shape[0]
-            if all_logits:
-                prog = self.executor.program("prefill_all", t, out=result[start:start + t])
+            if every_row:
+                prog = self.executor.program(every_row, t, out=result[start:start + t])
             elif t == 1:
                 prog = self.decode_program
             else:
@@ -146,12 +167,7 @@ class Engine:
                 prog.run()
             self.kv.n_past += t
             logits = prog.logits
-        return result if all_logits else logits[0]
-
-    def logits(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Every position's logits for `ids` from an empty cache: f32 (len(ids), n_vocab)."""
-        self.reset()
-        return self.eval(ids, all_logits=True)
+        return result if every_row else logits[0]
 
     def _check_ids(self, ids) -> np.ndarray:
         arr = np.asarray(ids)

@@ -4,7 +4,8 @@ All graphs of a model share one scratch arena (only one runs at a time), sized f
 plan. A `Program` is a graph bound for a given token count: its calls hold array views into
 the arena, the KV cache and the weights, so `Program.run()` -- the hot function -- does nothing
 but call kernels. The decode program is bound once; prefill programs are bound once per chunk
-length; the all-logits program is bound per call because it writes into the caller's array.
+length; every-row programs (all logits, embeddings) are bound per call because they write into
+the caller's array.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ class Program:
     """A graph bound to buffers for `t` tokens.
 
     ids, pos: int64 (t,) inputs the caller fills before `run()`;
-    logits: f32 (rows, n_vocab) output view (rows = t for an all-logits graph, else 1).
+    logits: f32 (rows, width) output view: logits (width n_vocab) or, for an embeddings graph,
+    hidden states (width n_embd); rows = t for an every-row graph, else 1.
     """
 
     __slots__ = ("calls", "ids", "pos", "logits", "t", "views")
@@ -52,19 +54,30 @@ class Executor:
         self.pos = backend.zeros(max_tokens, np.int64)
         self._programs: dict[tuple[str, int], Program] = {}
 
+    def add(self, key: str, graph: Graph) -> None:
+        """Plan one more graph after construction. It shares the arena, which is not grown (bound
+        programs view it), so it must fit: an every-row variant of a planned graph that computes
+        less, such as an embeddings graph beside the all-logits one, does."""
+        graph_plan = plan(graph)
+        if graph_plan.size > self.arena.shape[0] or graph.n_tokens > self.ids.shape[0]:
+            raise ValueError(f"graph {key!r} needs {graph_plan.size} arena floats for {graph.n_tokens} tokens; "
+                             f"the executor has {self.arena.shape[0]} for {self.ids.shape[0]}")
+        self.graphs[key] = graph
+        self.plans[key] = graph_plan
+
     @property
     def arena_bytes(self) -> int:
         return self.arena.nbytes
 
     def program(self, key: str, t: int, out: np.ndarray | None = None) -> Program:
-        """`graph[key]` bound for `t` tokens (cached), or, for an all-logits graph, bound to write
-        its logits into `out` (f32 (t, n_vocab)), not cached."""
+        """`graph[key]` bound for `t` tokens (cached), or, for an every-row graph, bound to write
+        its output into `out` (f32 (t, output width)), not cached."""
         graph = self.graphs[key]
         if not 1 <= t <= graph.n_tokens:
             raise ValueError(f"graph {key!r} runs 1..{graph.n_tokens} tokens, not {t}")
-        if graph.all_logits:
+        if graph.all_rows:
             if out is None:
-                raise ValueError(f"graph {key!r} writes all logits into a caller array: pass out")
+                raise ValueError(f"graph {key!r} writes every row into a caller array: pass out")
             return self._bind(key, t, out)
         prog = self._programs.get((key, t))
         if prog is None:

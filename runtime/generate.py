@@ -154,6 +154,21 @@ class GenerationStats:
         return self.prompt_tokens - self.reused_tokens
 
 
+def speed(tokens: int, seconds: float) -> str:
+    return f"{tokens / seconds:.1f} tok/s" if seconds > 0 and tokens > 0 else "- tok/s"
+
+
+def generation_summary(stats: GenerationStats) -> str:
+    """One line of a generation's counters: generated tokens and decode speed, then prefill.
+
+    Decode speed counts the steps after the first token (the first one's time is the
+    prefill's), so it is what a longer answer would sustain.
+    """
+    decode_steps = max(stats.completion_tokens - 1, 0)
+    return (f"{stats.completion_tokens} tokens, {speed(decode_steps, stats.decode_seconds)} | "
+            f"prefill {stats.prefill_tokens} tokens, {speed(stats.prefill_tokens, stats.prompt_seconds)}")
+
+
 def _check_max_tokens(max_tokens: int | None) -> None:
     if max_tokens is not None and (not isinstance(max_tokens, (int, np.integer)) or max_tokens < 0):
         raise ValueError(f"max_tokens must be an integer >= 0, or None for 'until the context is full'; "

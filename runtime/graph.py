@@ -43,7 +43,7 @@ INPLACE_OPS = frozenset({Op.ADD, Op.ADD_BIAS, Op.SCALE, Op.RMS_NORM, Op.ROPE, Op
 class Kind(enum.Enum):
     INPUT = "input"            # token ids / positions, 1-D int arrays filled by the engine
     ACTIVATION = "activation"  # float32 (rows, width) in the planner's arena
-    EXTERNAL = "external"      # the all-logits output: written into the caller's array
+    EXTERNAL = "external"      # an every-row output (all logits, embeddings): written into the caller's array
 
 
 @dataclass(eq=False)
@@ -106,17 +106,21 @@ class Graph:
     """One forward pass over up to `n_tokens` tokens.
 
     `all_logits` False: the logits of the last token only (rows == 1); True: logits for every
-    token, written into a caller-supplied array (`Kind.EXTERNAL`).
+    token. `embeddings` True: instead of logits, every token's final hidden state (after the
+    output norm, llama.cpp's "embeddings"); the LM head is left out. Every-row outputs
+    (`all_rows`) are written into a caller-supplied array (`Kind.EXTERNAL`).
     """
 
     def __init__(self, arch: str, weight_shapes: Mapping[str, tuple[int, ...]], n_tokens: int,
-                 all_logits: bool = False):
+                 all_logits: bool = False, embeddings: bool = False):
         if n_tokens < 1:
             raise ValueError(f"a graph needs at least one token, got n_tokens={n_tokens}")
         self.arch = arch
         self.weight_shapes = weight_shapes
         self.n_tokens = n_tokens
         self.all_logits = all_logits
+        self.embeddings = embeddings
+        self.all_rows = all_logits or embeddings
         self.nodes: list[Node] = []
         self.ids = Tensor("inp_tokens", 1, kind=Kind.INPUT)  # (T,) token ids
         self.pos = Tensor("inp_pos", 1, kind=Kind.INPUT)     # (T,) positions in the sequence
@@ -233,17 +237,18 @@ class Graph:
         return out
 
     def output_rows(self, x: Tensor) -> Tensor:
-        """The rows whose logits are wanted: all of them, or just the last token's. Models call it
+        """The rows whose output is wanted: all of them, or just the last token's. Models call it
         as early as possible (after the last layer's attention, as llama.cpp does): every later
         op then runs on one row."""
-        if self.all_logits or not x.per_token:
+        if self.all_rows or not x.per_token:
             return x
         return self._node(Op.LAST_ROW, f"{x.name}.last", x.width, (x,), per_token=False)
 
-    def set_output(self, logits: Tensor) -> None:
-        if self.all_logits:
-            logits.kind = Kind.EXTERNAL
-        self.output = logits
+    def set_output(self, out: Tensor) -> None:
+        """The graph's result: logits, or with `embeddings` the final hidden states."""
+        if self.all_rows:
+            out.kind = Kind.EXTERNAL
+        self.output = out
 
     def finish(self) -> Graph:
         """Raise for anything the model needed but the file lacks; the graph is then complete."""
@@ -255,4 +260,4 @@ class Graph:
 
     def __repr__(self) -> str:
         return (f"Graph({self.arch}, n_tokens={self.n_tokens}, all_logits={self.all_logits}, "
-                f"{len(self.nodes)} nodes)")
+                f"embeddings={self.embeddings}, {len(self.nodes)} nodes)")

@@ -4,82 +4,133 @@
     m = Model.load("smollm2-135m-instruct", n_ctx=2048, threads=2)
     m.generate("The capital of France is", max_tokens=8, temperature=0)
     m.chat([{"role": "user", "content": "Hi!"}])
+    m.embed("Hello")                   # a text's vector: mean of the final hidden states, unit length
+
+llama-cpp-python's spellings work as well (the dicts are described in openai_shapes.py):
+
+    m = Model(model_path="model.gguf", n_ctx=2048, n_threads=2, verbose=False)
+    m("Q: Name a planet. A:", max_tokens=16, stop=["\n"], logprobs=3)     # a completion dict
+    m.create_chat_completion(messages, stream=True, logprobs=True, top_logprobs=2)
+    m.tokenize(b"Hello", add_bos=True, special=False)
+    m.create_embedding(["first text", "second text"])
 
 Every text-producing method is a thin view of `stream_generate` (runtime/generate.py) over
 the model's one `KVContext`, so consecutive calls whose prompts share a prefix (the turns of
 a chat) only evaluate what is new. Sampling keywords are those of `make_sampler`
 (temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, presence_penalty,
 frequency_penalty, logit_bias, seed); generation keywords are max_tokens (None: until the
-context is full) and stop (a string or a list of strings, cut from the output).
+context is full) and stop (a string or a list of strings, cut from the output). Any other
+keyword is a TypeError naming the method called.
 
 A Model is not thread-safe: it owns one KV cache, so use one Model per thread.
 """
 from __future__ import annotations
 
 import os
+import sys
 import time
-import uuid
-from pathlib import Path
+from contextlib import closing
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from ..formats.catalog import resolve
-from ..formats.chat_template import CHATML_TEMPLATE, chat_template_for, render_chat
+from ..formats.chat_template import chat_template_for, render_chat
 from ..formats.tokenizer import load_tokenizer
+from . import openai_shapes as shapes
 from .backends import get_backend
+from .embedding import choose_pooling, pool, pooling_name
 from .engine import Engine
-from .generate import GenerationChunk, GenerationStats, KVContext, stream_generate
-from .sampling import make_sampler
+from .generate import GenerationChunk, KVContext, generation_summary, stream_generate
+from .sampling import SamplerFn, sampler_for
 
 DEFAULT_MAX_TOKENS = 128
 
-def _check_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+
+def _message_text(content: Any, where: str) -> str:
+    """A message's content as text: a string, or OpenAI content parts [{"type": "text", "text":
+    ...}, ...] joined by newlines (as llama.cpp's server does for templates that take text)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, Sequence) or isinstance(content, (bytes, bytearray)):
+        raise ValueError(f"{where} must be a dict with a string 'role' and a 'content' that is a string "
+                         f"or a list of text parts, got content {content!r}")
+    texts = []
+    for j, part in enumerate(content):
+        if not (isinstance(part, Mapping) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+            kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
+            raise ValueError(f"{where} content part {j}: only {{'type': 'text', 'text': str}} parts "
+                             f"are supported, got {kind!r}")
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def _check_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
         raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
     checked = []
     for i, m in enumerate(messages):
-        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) \
-                or not isinstance(m.get("content"), str):
+        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
             raise ValueError(f"messages[{i}] must be a dict with string 'role' and 'content', got {m!r}")
-        checked.append(dict(m))
+        checked.append({**m, "content": _message_text(m.get("content"), f"messages[{i}]")})
     return checked
 
 
 class Model:
-    """A loaded model: tokenize, logits, generate, stream, chat, create_chat_completion."""
+    """A loaded model: tokenize, logits, generate, stream, chat, embed, and llama-cpp-python's
+    create_completion / __call__, create_chat_completion, create_embedding."""
 
-    def __init__(self, engine, tokenizer, n_ctx: int, name: str = "model",
-                 chat_template: str | None = None):
-        self.engine = engine
-        self.tokenizer = tokenizer
-        self.name = name
-        self.chat_template = chat_template or CHATML_TEMPLATE
-        self.context = KVContext(engine, n_ctx)
+    def __init__(self, model_path: str | os.PathLike, *, n_ctx: int = 2048, n_threads: int | None = None,
+                 n_batch: int = 512, verbose: bool = False, backend: str = "cpu", device: str | None = None,
+                 weights: str | None = None, chat_template: str | None = None,
+                 pooling_type: str | int | None = None, embedding: bool = False,
+                 ram_budget: int | str | None = None):
+        """Load a GGUF file (a path, or a catalog name pulled on first use), as
+        `llama_cpp.Llama(model_path, n_ctx=..., n_threads=..., verbose=...)` does.
+
+        n_threads: CPU threads (None: all cores, or one while other processes keep them busy).
+        backend names an engine backend (runtime.backends.BACKENDS, "cpu" by default); with
+        backend="torch", device is "auto" (default), "cuda", "cuda:N", "mps" or "cpu", and
+        weights "dequantized" (default) or "quantized" (kept in their blocks on the device).
+        chat_template overrides the template stored in the file (a Jinja2 string); without
+        either, the architecture's built-in template or ChatML is used.
+        verbose: a line on stderr after loading and after each generation (tokens, speed).
+        pooling_type: embed()'s default pooling, a name (mean, cls, last, none) or llama.cpp's
+        number for it, as llama-cpp-python takes; None: the file's, else mean.
+        embedding: taken for llama-cpp-python code, which must ask for embeddings at load;
+        here embed() always works, so it changes nothing.
+        ram_budget keeps at most that many bytes of weights in RAM (an int, or '300MB', '1.5GB',
+        '40%' of the file) and streams the rest from disk; None keeps the whole model mapped.
+        """
+        start = time.perf_counter()
+        get_backend(backend, device=device, weights=weights)  # bad options fail before any download
+        if not isinstance(n_ctx, (int, np.integer)) or isinstance(n_ctx, bool) or n_ctx <= 0:
+            raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+        if not isinstance(embedding, bool):
+            raise ValueError(f"embedding must be True or False, got {embedding!r}")
+        self.pooling = pooling_name(pooling_type)
+        self.engine = Engine.load(resolve(model_path), n_ctx=n_ctx, threads=n_threads, n_batch=n_batch,
+                                  backend=backend, device=device, weights=weights, ram_budget=ram_budget)
+        kv = self.engine.gguf.kv
+        self.tokenizer = load_tokenizer(kv)
+        self.name = str(model_path)
+        self.chat_template = chat_template or chat_template_for(kv)
+        self.context = KVContext(self.engine, n_ctx)
+        self.verbose = bool(verbose)
+        if self.verbose:
+            cfg = self.engine.cfg
+            print(f"lanternlm: loaded {self.name} ({cfg.arch}, {cfg.n_layer} layers, {cfg.n_vocab} tokens) "
+                  f"with n_ctx {n_ctx}, {self.engine.threads} threads, {backend} backend "
+                  f"in {time.perf_counter() - start:.2f} s", file=sys.stderr)
 
     @classmethod
     def load(cls, model: str | os.PathLike, n_ctx: int = 2048, threads: int | None = None,
              n_batch: int = 512, backend: str = "cpu", chat_template: str | None = None,
              device: str | None = None, weights: str | None = None,
              ram_budget: int | str | None = None) -> "Model":
-        """Load a GGUF file (a path, or a catalog name pulled on first use).
-
-        backend names an engine backend (runtime.backends.BACKENDS, "cpu" by default);
-        with backend="torch", device is "auto" (default), "cuda", "cuda:N", "mps" or "cpu",
-        and weights "dequantized" (default) or "quantized" (kept in their blocks on the device).
-        chat_template overrides the template stored in the file (a Jinja2 string); without
-        either, the architecture's built-in template or ChatML is used.
-        ram_budget keeps at most that many bytes of weights in RAM (an int, or '300MB', '1.5GB',
-        '40%' of the file) and streams the rest from disk; None keeps the whole model mapped.
-        """
-        get_backend(backend, device=device, weights=weights)  # bad options fail before any download
-        if not isinstance(n_ctx, (int, np.integer)) or n_ctx <= 0:
-            raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
-        engine = Engine.load(resolve(model), n_ctx=n_ctx, threads=threads, n_batch=n_batch,
-                             backend=backend, device=device, weights=weights, ram_budget=ram_budget)
-        kv = engine.gguf.kv
-        return cls(engine, load_tokenizer(kv), n_ctx, name=str(model),
-                   chat_template=chat_template or chat_template_for(kv))
+        """`Model(model, n_ctx=..., n_threads=threads, ...)`: see the constructor."""
+        return cls(model, n_ctx=n_ctx, n_threads=threads, n_batch=n_batch, backend=backend,
+                   chat_template=chat_template, device=device, weights=weights, ram_budget=ram_budget)
 
     # ------------------------------------------------------------------ basics
 
@@ -91,9 +142,23 @@ class Model:
     def n_vocab(self) -> int:
         return self.context.n_vocab
 
-    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+    def tokenize(self, text: str | bytes, add_special: bool = True, parse_special: bool = True, *,
+                 add_bos: bool | None = None, special: bool | None = None) -> list[int]:
+        """Token ids of `text`, a str or UTF-8 bytes (llama-cpp-python's type). add_special adds
+        the BOS (and EOS) the model asks for; parse_special reads special-token texts such as
+        <|im_start|> as those tokens. llama-cpp-python's names for these two, add_bos and special,
+        are taken too (the defaults stay this method's: True and True)."""
+        if add_bos is not None:
+            add_special = add_bos
+        if special is not None:
+            parse_special = special
+        if isinstance(text, (bytes, bytearray)):
+            try:
+                text = bytes(text).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"tokenize: the bytes are not valid UTF-8 ({exc})") from None
         if not isinstance(text, str):
-            raise ValueError(f"tokenize expects a str, got {type(text).__name__}")
+            raise ValueError(f"tokenize expects a str or UTF-8 bytes, got {type(text).__name__}")
         return list(self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special))
 
     def detokenize(self, ids: Iterable[int], skip_special: bool = False) -> str:
@@ -102,13 +167,61 @@ class Model:
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """(len(ids), n_vocab) float32 logits at every position, from a fresh context."""
         ids = self.context.check_prompt(ids)
-        out = np.array(self.engine.logits(ids), dtype=np.float32, copy=True)
-        self.context.invalidate()       # the engine's cache no longer holds what we tracked
-        return out.reshape(len(ids), self.n_vocab)
+        try:
+            return self.engine.logits(ids)
+        finally:
+            self.context.invalidate()   # the engine's cache no longer holds what we tracked
+
+    def hidden_states(self, ids: Sequence[int]) -> np.ndarray:
+        """(len(ids), n_embd) float32 final hidden states (after the output norm, what the LM
+        head turns into logits) at every position, from a fresh context."""
+        ids = self.context.check_prompt(ids)
+        try:
+            return self.engine.embeddings(ids)
+        finally:
+            self.context.invalidate()
 
     def reset(self) -> None:
         """Empty the KV cache (the next prompt is evaluated from scratch)."""
         self.context.invalidate()
+
+    # ------------------------------------------------------------------ embeddings
+
+    def embed(self, input: str | Sequence[str], normalize: bool = True, truncate: bool = True,
+              return_count: bool = False, pooling: str | int | None = None):
+        """The embedding of a text (a list of floats), or a list of them for a list of texts, as
+        llama-cpp-python's embed returns; pooling "none" gives one vector per token instead.
+
+        A text is tokenized as tokenize() does and its final hidden states pooled (see
+        runtime/embedding.py): `pooling` (mean, cls, last, none; or llama.cpp's number), else
+        the model's pooling_type, else the file's, else mean. normalize scales each vector to
+        unit length (llama.cpp's default; llama-cpp-python's embed defaults to False). truncate
+        keeps the first n_ctx tokens of a longer text (else it is a ValueError). return_count:
+        also return the number of tokens embedded.
+        """
+        texts = [input] if isinstance(input, str) else input
+        if not isinstance(texts, Sequence) or isinstance(texts, (bytes, bytearray)) or not texts \
+                or not all(isinstance(t, str) for t in texts):
+            raise ValueError("embed takes a text or a non-empty list of texts")
+        how = choose_pooling(pooling, self.pooling, self.engine.cfg.pooling_type)
+        vectors, n_tokens = [], 0
+        for i, text in enumerate(texts):
+            ids = self.tokenize(text)
+            if not ids:
+                raise ValueError(f"cannot embed an empty text (input {i} has no tokens)")
+            if truncate:
+                ids = ids[:self.n_ctx]
+            vectors.append(pool(self.hidden_states(ids), how, normalize).tolist())
+            n_tokens += len(ids)
+        out = vectors[0] if isinstance(input, str) else vectors
+        return (out, n_tokens) if return_count else out
+
+    def create_embedding(self, input: str | Sequence[str], model: str | None = None,
+                         pooling: str | int | None = None, normalize: bool = True) -> dict:
+        """An OpenAI-shaped embedding list of `input` (a text or a list of texts); see embed."""
+        vectors, n_tokens = self.embed([input] if isinstance(input, str) else input, normalize=normalize,
+                                       return_count=True, pooling=pooling)
+        return shapes.embedding_list(vectors, model or self.name, n_tokens)
 
     # ------------------------------------------------------------------ text generation
 
@@ -118,27 +231,67 @@ class Model:
             return self.tokenize(prompt)
         return [int(t) for t in prompt]
 
+    def _generate(self, prompt_ids: list[int], max_tokens: int | None, stop, sampler: SamplerFn
+                  ) -> Iterator[GenerationChunk]:
+        chunks = stream_generate(self.context, self.tokenizer, prompt_ids, sampler,
+                                 max_tokens=max_tokens, stop=stop or ())
+        return self._reported(chunks) if self.verbose else chunks
+
+    def _reported(self, chunks: Iterator[GenerationChunk]) -> Iterator[GenerationChunk]:
+        with closing(chunks):
+            for chunk in chunks:
+                yield chunk
+                if chunk.finish_reason is not None:
+                    print(f"lanternlm: {generation_summary(chunk.stats)}", file=sys.stderr)
+
     def stream_generate(self, prompt: str | Sequence[int], max_tokens: int | None = DEFAULT_MAX_TOKENS,
                         stop: str | Iterable[str] | None = (), **sampling) -> Iterator[GenerationChunk]:
         """The full-detail stream (text, token, finish_reason, stats per chunk) the others build on."""
-        sampler = make_sampler(**sampling)
-        return stream_generate(self.context, self.tokenizer, self.prompt_ids(prompt), sampler,
-                               max_tokens=max_tokens, stop=stop or ())
+        sampler = sampler_for("Model.stream_generate", sampling)
+        return self._generate(self.prompt_ids(prompt), max_tokens, stop, sampler)
 
     def stream(self, prompt: str | Sequence[int], max_tokens: int | None = DEFAULT_MAX_TOKENS,
                stop: str | Iterable[str] | None = (), **sampling) -> Iterator[str]:
         """Yield the continuation of `prompt` piece by piece (non-empty strings)."""
-        return _texts(self.stream_generate(prompt, max_tokens, stop, **sampling))
+        sampler = sampler_for("Model.stream", sampling)
+        return _texts(self._generate(self.prompt_ids(prompt), max_tokens, stop, sampler))
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int | None = DEFAULT_MAX_TOKENS,
                  stop: str | Iterable[str] | None = (), **sampling) -> str:
         """The continuation of `prompt` (the prompt itself is not repeated)."""
-        return "".join(self.stream(prompt, max_tokens, stop, **sampling))
+        sampler = sampler_for("Model.generate", sampling)
+        return "".join(_texts(self._generate(self.prompt_ids(prompt), max_tokens, stop, sampler)))
+
+    def create_completion(self, prompt: str | Sequence[int], *, max_tokens: int | None = DEFAULT_MAX_TOKENS,
+                          stop: str | Iterable[str] | None = (), stream: bool = False,
+                          logprobs: int | None = None, model: str | None = None, **options):
+        """llama-cpp-python's create_completion (also `model(prompt, ...)`): an OpenAI-shaped
+        text_completion dict, or with stream=True an iterator of chunk dicts (one per piece of
+        text, then one with the finish_reason). logprobs=N adds each generated token's
+        log-probability and the N most likely tokens at its step; model names the model in the
+        result (default: the path or name it was loaded from). Sampling keywords as generate();
+        llama-cpp-python's other keywords (echo, suffix, grammar, mirostat_mode, ...) only at
+        the value that leaves them off."""
+        sampler = sampler_for("Model.create_completion",
+                              shapes.without_off_options("Model.create_completion", options))
+        recorder = shapes.LogprobRecorder(sampler, logprobs) if logprobs is not None else None
+        prompt_ids = self.prompt_ids(prompt)
+        chunks = self._generate(prompt_ids, max_tokens, stop, recorder or sampler)
+        fmt = None
+        if recorder is not None:    # offsets count from the end of the prompt's text
+            text = prompt if isinstance(prompt, str) else self.detokenize(prompt_ids)
+            fmt = shapes.CompletionLogprobs(self.tokenizer, len(text))
+        head = shapes.header("cmpl", model or self.name)
+        build = shapes.completion_chunks if stream else shapes.completion
+        return build(head, shapes.pieces(chunks, recorder), fmt)
+
+    __call__ = create_completion
 
     # ------------------------------------------------------------------ chat
 
     def render_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
-        """The prompt text the chat template makes of `messages`."""
+        """The prompt text the chat template makes of `messages` (a message's content is a string,
+        or OpenAI text parts, joined by newlines)."""
         return render_chat(self.chat_template, _check_messages(messages),
                            add_generation_prompt=add_generation_prompt,
                            bos_token=self._special_text(self.tokenizer.bos_id),
@@ -156,30 +309,33 @@ class Model:
                     max_tokens: int | None = DEFAULT_MAX_TOKENS,
                     stop: str | Iterable[str] | None = (), **sampling) -> Iterator[str]:
         """Yield the assistant's reply to `messages` piece by piece."""
-        return self.stream(self.chat_prompt_ids(messages), max_tokens, stop, **sampling)
+        sampler = sampler_for("Model.stream_chat", sampling)
+        return _texts(self._generate(self.chat_prompt_ids(messages), max_tokens, stop, sampler))
 
     def chat(self, messages: Sequence[Mapping[str, Any]], max_tokens: int | None = DEFAULT_MAX_TOKENS,
              stop: str | Iterable[str] | None = (), **sampling) -> str:
         """The assistant's reply to `messages` ([{"role": "user", "content": "..."}, ...])."""
-        return "".join(self.stream_chat(messages, max_tokens, stop, **sampling))
+        sampler = sampler_for("Model.chat", sampling)
+        return "".join(_texts(self._generate(self.chat_prompt_ids(messages), max_tokens, stop, sampler)))
 
-    def create_chat_completion(self, messages: Sequence[Mapping[str, Any]], stream: bool = False,
+    def create_chat_completion(self, messages: Sequence[Mapping[str, Any]], *, stream: bool = False,
                                max_tokens: int | None = DEFAULT_MAX_TOKENS,
-                               stop: str | Iterable[str] | None = (), **sampling):
+                               stop: str | Iterable[str] | None = (), logprobs: bool = False,
+                               top_logprobs: int | None = None, model: str | None = None, **options):
         """An OpenAI-shaped chat completion dict, or with stream=True an iterator of chunk dicts
-        (first a role delta, then content deltas, then an empty delta with the finish_reason)."""
-        chunks = self.stream_generate(self.chat_prompt_ids(messages), max_tokens, stop, **sampling)
-        header = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.name}
-        if stream:
-            return _completion_chunks(header, chunks)
-        text, finish_reason, stats = _collect(chunks)
-        return {
-            **header,
-            "object": "chat.completion",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "logprobs": None, "finish_reason": finish_reason}],
-            "usage": _usage(stats),
-        }
+        (first a role delta, then content deltas, then an empty delta with the finish_reason).
+        logprobs=True adds each generated token's log-probability, with the top_logprobs most
+        likely tokens at its step. Other keywords as create_completion."""
+        sampler = sampler_for("Model.create_chat_completion",
+                              shapes.without_off_options("Model.create_chat_completion", options))
+        if top_logprobs is not None and not logprobs:
+            raise ValueError("top_logprobs needs logprobs=True")
+        recorder = shapes.LogprobRecorder(sampler, top_logprobs or 0) if logprobs else None
+        chunks = self._generate(self.chat_prompt_ids(messages), max_tokens, stop, recorder or sampler)
+        fmt = shapes.ChatLogprobs(self.tokenizer) if recorder else None
+        head = shapes.header("chatcmpl", model or self.name)
+        build = shapes.chat_completion_chunks if stream else shapes.chat_completion
+        return build(head, shapes.pieces(chunks, recorder), fmt)
 
     def _special_text(self, token: int | None) -> str:
         if token is None or token < 0:
@@ -194,29 +350,3 @@ def _texts(chunks: Iterator[GenerationChunk]) -> Iterator[str]:
     for chunk in chunks:
         if chunk.text:
             yield chunk.text
-
-
-def _collect(chunks: Iterator[GenerationChunk]) -> tuple[str, str, GenerationStats]:
-    parts = []
-    for chunk in chunks:
-        parts.append(chunk.text)
-    return "".join(parts), chunk.finish_reason, chunk.stats
-
-
-def _usage(stats: GenerationStats) -> dict[str, int]:
-    return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
-            "total_tokens": stats.prompt_tokens + stats.completion_tokens}
-
-
-def _completion_chunks(header: dict, chunks: Iterator[GenerationChunk]) -> Iterator[dict]:
-    def chunk_dict(delta: dict, finish_reason: str | None) -> dict:
-        return {**header, "object": "chat.completion.chunk",
-                "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                             "finish_reason": finish_reason}]}
-
-    yield chunk_dict({"role": "assistant"}, None)
-    for chunk in chunks:
-        if chunk.text:
-            yield chunk_dict({"content": chunk.text}, None)
-        if chunk.finish_reason is not None:
-            yield chunk_dict({}, chunk.finish_reason)

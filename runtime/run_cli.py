@@ -1,4 +1,7 @@
-"""`lantern run MODEL -p PROMPT`: one-shot generation, streamed to stdout.
+"""`lantern run [MODEL] [PROMPT]`: one-shot generation, streamed to stdout.
+
+As with ollama, `lantern run MODEL "prompt"` takes the prompt after the model; -p PROMPT and
+-f FILE give it too. MODEL defaults to the catalog's default model, as for `lantern chat`.
 
 The continuation of the prompt (not the prompt itself) is written as it is generated; a
 summary line (tokens, speed) follows on stderr unless --quiet. With --chat the prompt is
@@ -10,6 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..formats.catalog import DEFAULT_MODEL
 from .cli_common import (add_runtime_args, add_sampling_args, decode_utf8, dim, generation_summary,
                          load_model, max_tokens_option, sampling_options, utf8_argument)
 
@@ -18,8 +22,11 @@ DEFAULT_RUN_MAX_TOKENS = 128
 
 
 def configure_parser(p) -> None:
-    p.add_argument("model", help="GGUF path or catalog name")
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
+                   help=f"GGUF path or catalog name (default {DEFAULT_MODEL}, downloaded on first use)")
     source = p.add_mutually_exclusive_group(required=True)
+    # (its own dest: a positional that matched nothing would overwrite -p's value with None)
+    source.add_argument("positional_prompt", nargs="?", metavar="PROMPT", help="the prompt text, as -p gives it")
     source.add_argument("-p", "--prompt", help="the prompt text")
     source.add_argument("-f", "--file", metavar="FILE", help="read the prompt from FILE ('-' = stdin)")
     p.add_argument("--chat", action="store_true", help="send the prompt as a user message through the chat template")
@@ -42,6 +49,8 @@ def read_prompt(args) -> str:
 
 
 def main(args) -> int:
+    if args.positional_prompt is not None:
+        args.prompt = args.positional_prompt
     if args.system is not None and not args.chat:
         raise ValueError("--system only applies with --chat")
     utf8_argument(args.system, "--system")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -288,6 +288,21 @@ class Sampler:
         for _, stage in self._filters:
             cands = stage(cands, self.params)
         return draw(cands, self.rng)
+
+
+# The keywords make_sampler takes (SamplingParams' fields), which every generating method of the
+# library passes through.
+SAMPLING_KEYWORDS: tuple[str, ...] = tuple(f.name for f in fields(SamplingParams))
+
+
+def sampler_for(caller: str, options: Mapping[str, object]) -> Sampler:
+    """make_sampler(**options) on behalf of the public function `caller` (e.g. "Model.generate"):
+    a keyword it does not take is a TypeError naming `caller`, as Python's own would be."""
+    for name in options:
+        if name not in SAMPLING_KEYWORDS:
+            raise TypeError(f"{caller}() got an unexpected keyword argument {name!r} "
+                            f"(sampling keywords: {', '.join(SAMPLING_KEYWORDS)})")
+    return make_sampler(**options)
 
 
 def make_sampler(temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,

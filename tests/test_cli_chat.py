@@ -84,6 +84,28 @@ def test_context_overflow_drops_old_turns_and_keeps_the_system_prompt(smollm2_pa
     assert saved[-1]["role"] == "assistant" and saved[-1]["content"]
 
 
+QUOTES = '"' * 3       # ollama's multi-line delimiter
+
+
+def test_piped_multiline_message_is_one_turn(smollm2_path, tokenizer, tmp_path):
+    lines = [QUOTES, "Line one", "/help", f"line three{QUOTES}", f"{QUOTES}Hi!{QUOTES}", "/save conv.json"]
+    proc = run_piped(smollm2_path, lines, "-n", 4, "--ctx", 256, "--system", "You are terse.", cwd=tmp_path)
+    saved = json.loads((tmp_path / "conv.json").read_text())["messages"]
+    assert [m["content"] for m in saved if m["role"] == "user"] == ["Line one\n/help\nline three", "Hi!"]
+    assert "/help" not in proc.stderr and "/reset" not in proc.stderr      # a message, not a command
+    (_, prefill1, _, _), _ = [tuple(map(int, m.groups())) for m in STATS.finditer(proc.stderr)]
+    by_hand = chatml("system", "You are terse.") + chatml("user", "Line one\n/help\nline three") \
+        + "<|im_start|>assistant\n"
+    assert prefill1 == len(tokenizer.encode(by_hand, add_special=False))
+
+
+def test_input_ending_inside_a_multiline_message_is_an_error(smollm2_path, tmp_path):
+    proc = subprocess.run([sys.executable, *chat_argv(smollm2_path, "-q")], cwd=tmp_path, timeout=TIMEOUT,
+                          input=f"{QUOTES}\nnever closed\n", capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert "error: the input ended inside a multi-line message; it was not sent" in proc.stderr
+
+
 def spawn_chat(model_path, cwd, *flags) -> pexpect.spawn:
     env = {**os.environ, "TERM": "dumb"}      # no terminal escapes from readline
     child = pexpect.spawn(sys.executable, chat_argv(model_path, *flags), cwd=str(cwd), env=env,
@@ -223,6 +245,27 @@ def test_invalid_utf8_system_prompt_fails_before_the_model_loads(tmp_path, capsy
 
     assert lantern(["chat", str(tmp_path / "missing.gguf"), "-s", "caf\udce9"]) == 1
     assert capsys.readouterr().err == "lantern: error: -s/--system is not valid UTF-8 text (byte 0xe9 at character 3)\n"
+
+def test_terminal_multiline_prompts_for_more_and_ctrl_c_discards_it(smollm2_path, tmp_path):
+    child = spawn_chat(smollm2_path, tmp_path, "-q", "-n", 3)
+    try:
+        child.sendline(QUOTES)
+        child.expect_exact("... ")                                   # the continuation prompt
+        child.send("half a message")
+        child.send("\x03")                                           # drops the whole message
+        child.expect_exact(">>> ")
+        child.sendline(QUOTES + "Two")
+        child.expect_exact("... ")
+        child.sendline("lines" + QUOTES)
+        read_answer(child)
+        child.sendline("/save conv.json")
+        child.expect_exact(">>> ")
+        child.sendline("/quit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    saved = json.loads((tmp_path / "conv.json").read_text())["messages"]
+    assert [m["content"] for m in saved if m["role"] == "user"] == ["Two\nlines"]
 
 
 # ---------------------------------------------------------------- commands, in-process

@@ -52,6 +52,29 @@ def test_seed_reproduces_the_library_sample(smollm2_path, capsys):
     assert first[1] == expected + "\n"
 
 
+def test_prompt_after_the_model_as_ollama_takes_it(smollm2_path, reference, capsys):
+    france = next(g for g in reference["greedy"] if g["prompt"] == "The capital of France is")
+    tok = load_tokenizer(read_gguf(smollm2_path).kv)
+    rc, out, _ = run_cli(capsys, smollm2_path, "The capital of France is", "-n", 5, "--temp", 0, "-q")
+    assert rc == 0 and out == tok.decode(france["generated_ids"][:5]) + "\n"   # llama.cpp's greedy text
+
+
+def test_run_defaults_to_the_chat_default_model(smollm2_path, capsys):
+    # smollm2_path made sure the default catalog model is in the cache
+    rc, out, _ = run_cli(capsys, "-p", "The capital of France is", "-n", 5, "--temp", 0, "-q")
+    assert rc == 0 and out == " Paris.\n\nThe\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["m.gguf", "a prompt", "-p", "another"], "argument -p/--prompt: not allowed with argument PROMPT"),
+    (["m.gguf"], "one of the arguments PROMPT -p/--prompt -f/--file is required"),
+])
+def test_prompt_is_given_exactly_once(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run", *argv])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_chat_flag_renders_the_chatml_template(smollm2_path, capsys):
     # SmolLM2's template, written out by hand: --chat must produce exactly this prompt.
     by_hand = ("<|im_start|>system\nYou are terse.<|im_end|>\n"

@@ -109,8 +109,8 @@ def attend(q, k, v, scale, window):
     return out.reshape(t, -1)
 
 
-def reference_logits(arch, W, ids, q8_activations=False):
-    """float64 logits; q8_activations: round what enters a legacy-quantized matrix to Q8_0."""
+def reference_hidden(arch, W, ids):
+    """float64 final hidden states (after the output norm) at every position."""
     W = {k: v.astype(np.float64) for k, v in W.items()}
     gelu_exact = lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
     half = lambda x: x.astype(np.float16).astype(np.float64)
@@ -143,8 +143,13 @@ def reference_logits(arch, W, ids, q8_activations=False):
         if arch == "gemma3":
             f = rms(f, W[p + "post_ffw_norm.weight"])
         x = x + f
-    out = W.get("output.weight", W["token_embd.weight"])
-    h = rms(x, W["output_norm.weight"])
+    return rms(x, W["output_norm.weight"])
+
+
+def reference_logits(arch, W, ids, q8_activations=False):
+    """float64 logits; q8_activations: round what enters a legacy-quantized matrix to Q8_0."""
+    h = reference_hidden(arch, W, ids)
+    out = W.get("output.weight", W["token_embd.weight"]).astype(np.float64)
     if q8_activations and "output.weight" not in W:
         h = q8_rounded(h)  # the tied output matrix is the Q8_0 token_embd
     return h @ out.T
@@ -207,6 +212,19 @@ def test_decode_and_chunked_prefill_equal_one_prefill(model):
         assert step.shape == (N_VOCAB,)
         np.testing.assert_allclose(step, every[i], rtol=1e-5, atol=1e-5)
     assert eng.n_past == len(IDS)
+
+
+def test_embeddings_match_float64_hidden_states(model):
+    arch, path, W = model
+    want = reference_hidden(arch, W, IDS)
+    for n_batch in (512, 4):                         # one batch; chunks of 4, 4, 3 over the cache
+        eng = Engine.load(path, n_ctx=32, n_batch=n_batch, kv_type="f32")
+        got = eng.embeddings(IDS)
+        assert got.shape == (len(IDS), N_EMBD) and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, atol=2e-4 * np.abs(want).max())
+    eng.logits(IDS)                                  # the logits graphs still run beside it
+    with pytest.raises(ValueError, match="needs .* arena floats"):
+        eng.executor.add("too_big", eng._build(8, all_logits=True))   # 8 tokens > n_batch 4
 
 
 def test_truncate_reuses_the_cached_prefix(model):

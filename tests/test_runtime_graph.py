@@ -43,8 +43,8 @@ def llama_shapes(cfg, tied=False, bias=False):
     return shapes
 
 
-def build(cfg, shapes, n_tokens=8, all_logits=False):
-    g = Graph(cfg.arch, shapes, n_tokens, all_logits)
+def build(cfg, shapes, n_tokens=8, all_logits=False, embeddings=False):
+    g = Graph(cfg.arch, shapes, n_tokens, all_logits, embeddings)
     ARCHITECTURES[cfg.arch].module.build(g, cfg)
     return g.finish()
 
@@ -118,6 +118,25 @@ def test_graph_nodes_are_named_after_gguf_tensors():
     assert tied.output.name == "result_output" and tied.nodes[-1].weights == ("token_embd.weight",)
     every = build(cfg, llama_shapes(cfg), all_logits=True)
     assert every.output.per_token and every.output.kind is Kind.EXTERNAL
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_embeddings_graph_ends_at_the_final_norm_of_every_token(arch):
+    cfg = ModelConfig.from_kv(llama_kv(arch))
+    g = build(cfg, llama_shapes(cfg, bias=arch == "qwen2"), embeddings=True)
+    assert g.output is g.nodes[-1].out and g.nodes[-1].op is Op.RMS_NORM
+    assert g.output.name == "result_norm" and g.output.width == cfg.n_embd
+    assert g.output.per_token and g.output.kind is Kind.EXTERNAL       # every row, into the caller's array
+    assert not any(n.op is Op.LAST_ROW for n in g.nodes)                # no row dropped before the norm
+    assert all(n.weights != ("output.weight",) for n in g.nodes)        # no LM head
+    plan(g)                                                             # every computed tensor is used
+
+
+def test_pooling_type_is_read_and_checked():
+    assert ModelConfig.from_kv(llama_kv()).pooling_type == -1           # the file says nothing
+    assert ModelConfig.from_kv(llama_kv(**{"llama.pooling_type": 3})).pooling_type == 3
+    with pytest.raises(ConfigError, match="pooling_type must be 0..4"):
+        ModelConfig.from_kv(llama_kv(**{"llama.pooling_type": 9}))
 
 
 def test_missing_tensors_are_all_listed():

@@ -3,7 +3,8 @@
     hparams(kv: config.KV, fields: dict) -> dict
         config fields this architecture reads or derives itself (on top of the generic ones);
     build(g: graph.Graph, cfg: ModelConfig) -> None
-        the forward pass, as graph builder calls, ending with g.set_output(logits).
+        the forward pass, as graph builder calls, ending with g.set_output(logits)
+        (common.lm_head, which outputs the final hidden states instead for g.embeddings).
 
 `ARCHITECTURES` maps a GGUF `general.architecture` to the module implementing its forward and
 the config overrides that distinguish it (as mlx-lm's aliases do): qwen2 is llama with q/k/v

@@ -20,9 +20,13 @@ def attention(g, cfg, q, k, v, il: int):
 
 
 def lm_head(g, cfg, x) -> None:
-    """Final norm and output projection of the rows whose logits are wanted."""
+    """Final norm and output projection of the rows whose logits are wanted; for an embeddings
+    graph the normed hidden state itself is the output (llama.cpp's t_embd)."""
     x = g.output_rows(x)
     x = g.rms_norm(x, "output_norm.weight", cfg.rms_eps, name="result_norm")
+    if g.embeddings:
+        g.set_output(x)
+        return
     logits = g.mul_mat(output_weight(g), x, name="result_output")
     if logits.width != cfg.n_vocab and not g.missing:
         raise ValueError(f"{cfg.arch}: output projection gives {logits.width} logits, vocabulary has {cfg.n_vocab}")
