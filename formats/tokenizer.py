@@ -132,7 +132,8 @@ def _validate_tokens(raw) -> list[str]:
 class Tokenizer:
     """Text <-> token ids for one GGUF vocabulary (see module docstring).
 
-    Attributes: n_vocab; tokens (id -> text) and token_to_id; attrs (TokenAttr per id);
+    Attributes: n_vocab; tokens (id -> text) and token_to_id; longest_token_chars (no token
+    decodes to more characters than its text has); attrs (TokenAttr per id);
     bos_id / eos_id / eot_id (None where llama.cpp has none: the metadata's id, else its
     default for the model -- 1/2 for "llama", 11/11 for "gpt2" -- if inside the vocabulary);
     eot_ids, every id that ends generation (llama.cpp's EOG set); add_bos / add_eos, whether
@@ -148,6 +149,7 @@ class Tokenizer:
         self.pre: str | None = kv.get("tokenizer.ggml.pre")
         self.tokens = _validate_tokens(kv.get("tokenizer.ggml.tokens"))
         self.n_vocab = len(self.tokens)
+        self.longest_token_chars = max(map(len, self.tokens))
         self.token_to_id: dict[str, int] = dict(zip(self.tokens, range(self.n_vocab)))
 
         engine = TOKENIZER_MODELS[model](kv, self.tokens, self.token_to_id)
