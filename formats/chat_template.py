@@ -20,6 +20,7 @@ import jinja2
 import jinja2.ext
 from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
 
+from .metadata import read
 from .template_sandbox import LimitedSandbox, RenderLimits, TemplateLimitError, render_limited
 
 # Real chat templates are a few KiB; a huge one is a hostile file, and compiling it costs time.
@@ -171,7 +172,7 @@ BUILTIN_TEMPLATES = {"gemma": GEMMA_TEMPLATE, "gemma2": GEMMA_TEMPLATE, "gemma3"
 
 def chat_template_for(kv: dict) -> str:
     """The file's own template, else the built-in one for its architecture, else ChatML."""
-    own = kv.get("tokenizer.chat_template")
+    own = read(kv, "tokenizer.chat_template", None)
     if own:
         return own
-    return BUILTIN_TEMPLATES.get(kv.get("general.architecture"), CHATML_TEMPLATE)
+    return BUILTIN_TEMPLATES.get(read(kv, "general.architecture", None), CHATML_TEMPLATE)
