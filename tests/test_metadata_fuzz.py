@@ -223,3 +223,14 @@ def test_a_vocabulary_size_that_contradicts_the_tensors_is_named(base_models, tm
     path = mutated_file(base_models, tmp_path, llama__vocab_size=300)
     with pytest.raises(ValueError, match=r"292 logits, but the vocabulary has 300 tokens \(llama.vocab_size"):
         Model.load(path, n_ctx=N_CTX, threads=1)
+
+
+@pytest.mark.parametrize("key, value", [("llama.block_count", "abc"), ("llama.attention.head_count", 1e30),
+                                        ("llama.expert_count", -7)])
+def test_the_quantizer_reads_the_same_rules(base_models, tmp_path, key, value):
+    from lanternlm.quant.quantize_model import quantize_model
+
+    path = mutated_file(base_models, tmp_path, **{key.replace(".", "__"): value})
+    with pytest.raises(MetadataError, match=f"GGUF metadata {key} is "):
+        quantize_model(path, tmp_path / "out.gguf", "Q8_0")
+    assert not (tmp_path / "out.gguf").exists()
