@@ -192,6 +192,8 @@ _STR_METHOD_RESULT: dict[str, Callable[[str, dict], int]] = {
     "translate": lambda s, a: len(s) * max([1, *map(_size, a["table"].values())])
     if isinstance(a["table"], dict) else len(s),
 }
+# their signatures, taken from str itself: a subclass's (Markup's) wrappers show only *args
+_STR_SIGNATURES = {name: inspect.signature(getattr(str, name)) for name in _STR_METHOD_RESULT}
 
 # filter (or global function) -> size of its result, from its bound arguments, defaults applied
 _RESULT_SIZE: dict[str, Callable[[dict], int]] = {
@@ -247,12 +249,13 @@ def _limited_filter(name: str, function: Callable, label: str = "") -> Callable:
 
 
 def _limited_range(*args: int) -> range:
+    budget = _budget()
     numbers = range(*args)
     try:
         length = len(numbers)
-    except OverflowError:
-        length = _budget().limits.max_iterations + 1
-    _budget().tick(length)
+    except OverflowError:  # more than sys.maxsize elements
+        length = budget.limits.max_iterations + 1
+    budget.tick(length)
     return numbers
 
 
@@ -381,11 +384,11 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
         budget.tick()
         if isinstance(obj, LoopContext) and args:  # a recursive loop's next level
             args = (self.bounded_iter(args[0]), *args[1:])
-        owner = getattr(obj, "__self__", None)
-        result_size = _STR_METHOD_RESULT.get(getattr(obj, "__name__", "")) if isinstance(owner, str) else None
-        if result_size is not None and (bound := _bound(inspect.signature(obj), args, kwargs)) is not None:
-            budget.size(result_size(owner, bound.arguments), f"the result of str.{obj.__name__}()")
-            args, kwargs = bound.args, bound.kwargs
+        owner, name = getattr(obj, "__self__", None), getattr(obj, "__name__", "")
+        if isinstance(owner, str) and name in _STR_METHOD_RESULT \
+                and (bound := _bound(_STR_SIGNATURES[name], (owner, *args), kwargs)) is not None:
+            budget.size(_STR_METHOD_RESULT[name](owner, bound.arguments), f"the result of str.{name}()")
+            args, kwargs = bound.args[1:], bound.kwargs
         result = super().call(context, obj, *args, **kwargs)
         budget.size(_size(result), "a call's result")
         return result

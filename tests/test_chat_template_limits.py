@@ -153,3 +153,9 @@ def test_a_chat_drops_old_turns_the_template_cannot_render_within_the_context(ti
         model.render_chat(session.messages)
     assert session.fit_context(reserve=0) == 1
     assert session.messages == [{"role": "user", "content": "latest"}]
+
+
+def test_markup_strings_are_measured_like_str():
+    # |safe makes a Markup, whose methods wrap str's under another signature
+    assert "str.center()" in render_bomb("{{ ('a' | safe).center(10000000000) }}")
+    assert render_chat("{{ ('a' | safe).center(3) }}", MESSAGES) == " a "

@@ -146,3 +146,20 @@ def test_the_cli_shows_the_warning_as_one_line(tiny_path, capsys):
     assert warning == [f"lantern: warning: a context of {TRAINED_CONTEXT + 1} tokens is longer than "
                        f"the {TRAINED_CONTEXT} this model was trained on (llama.context_length); text "
                        f"past that is likely to degrade"]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_the_torch_backend_checks_the_memory_of_its_device(tiny_path, device):
+    torch = pytest.importorskip("torch")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible to torch")
+    from lanternlm.runtime.backends import get_backend
+
+    available = get_backend("torch", device=device).available_memory()
+    assert available.source == ("free memory of cuda:0" if device == "cuda" else available_memory().source)
+    # the torch backend keeps a float32 cache: 256 bytes per token of the tiny model
+    n_ctx = 2 * available.bytes // (2 * KV_BYTES_PER_TOKEN)
+    with bounded_memory(512 * MiB), warnings.catch_warnings(), \
+            pytest.raises(InsufficientMemoryError, match=f"context of {n_ctx} tokens needs"):
+        warnings.simplefilter("ignore", ContextBeyondTrainingWarning)
+        Engine.load(tiny_path, n_ctx=n_ctx, threads=1, backend="torch", device=device)
