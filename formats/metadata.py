@@ -208,8 +208,10 @@ RULES: dict[str, Any] = {
 
 def rule_for(key: str):
     rule = RULES.get(key)
-    if rule is None and "." in key:
-        rule = ARCH_RULES.get(key.split(".", 1)[1])
+    parts = key.split(".")
+    for start in range(1, len(parts)):  # `<architecture>.<name>`, the architecture may hold dots
+        if rule is None:
+            rule = ARCH_RULES.get(".".join(parts[start:]))
     if rule is None:
         # a programming error, not a bad file: every key the code reads has a rule
         raise LookupError(f"no metadata rule for {key!r}; add one to formats/metadata.py")

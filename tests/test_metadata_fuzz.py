@@ -173,7 +173,7 @@ def test_every_key_mutated_loads_or_fails_in_one_line(base_models, model, tmp_pa
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("value", ["mamba", "", 5, 1e30, ["llama"]])
+@pytest.mark.parametrize("value", ["mamba", "", "llama.x", 5, 1e30, ["llama"]])
 def test_a_hostile_architecture_is_one_line(base_models, value, tmp_path):
     # GGUFWriter writes general.architecture as a string from its own argument, so other types
     # are put into the parsed file's metadata instead
