@@ -102,6 +102,14 @@ def test_what_fits_renders_unchanged():
                 "{{ [1, 2, 3] | batch(2) | list }}|{{ 'a' ~ 'b' }}")
     assert render_chat(template, MESSAGES) == ("ababab|[0, 0]|1024|  x  |  7|   1|a+b|p, q|"
                                                "[[1, 2], [3]]|ab")
+    # loops keep their semantics through the counting iterator: loop.length / last / revindex /
+    # previtem, recursive loops, loop filters and else branches
+    loops = ("{% for i in [1, 2, 3] %}{{ loop.length }}{{ loop.last }}{{ loop.revindex }}"
+             "{{ loop.previtem }}|{% endfor %}"
+             "{% for x in items recursive %}{{ x.n }}{% if x.c %}({{ loop(x.c) }}){% endif %}{% endfor %}"
+             "{% for i in range(5) if i is odd %}{{ i }}{% endfor %}{% for i in [] %}{% else %}empty{% endfor %}")
+    items = [{"n": 1, "c": [{"n": 2, "c": []}]}, {"n": 3}]
+    assert render_chat(loops, MESSAGES, items=items) == "3False3|3False21|3True12|1(2)313empty"
     assert MAX_INT_BITS >= 64  # templates still do ordinary integer arithmetic
     assert render_chat("{{ 2 ** 63 * 3 }}", MESSAGES) == str(2 ** 63 * 3)
 
