@@ -122,7 +122,8 @@ def prompt_render_limits(n_ctx: int, longest_token_chars: int) -> RenderLimits:
     """Render limits for a prompt that must fit in `n_ctx` tokens: no token stands for more
     characters than its text has, so a rendered prompt longer than n_ctx x the longest token
     text can never fit, and rendering may stop there."""
-    return RenderLimits(max_chars=n_ctx * min(max(longest_token_chars, 1), MAX_TOKEN_CHARS))
+    return RenderLimits(max_chars=n_ctx * min(max(longest_token_chars, 1), MAX_TOKEN_CHARS),
+                        max_chars_reason=f"more than a context of {n_ctx} tokens can hold")
 
 
 # Used where a GGUF file carries no template. ChatML is llama.cpp's fallback; Gemma models are

@@ -53,6 +53,7 @@ class RenderLimits:
     max_chars: int = 1 << 20          # the output, and any one string or list made on the way
     max_iterations: int = 1_000_000   # loop items plus range() elements, over the whole render
     max_seconds: float = 5.0          # real templates render in milliseconds
+    max_chars_reason: str = ""        # where max_chars comes from, for messages
 
 
 class _Budget:
@@ -72,9 +73,11 @@ class _Budget:
             raise TemplateLimitError(f"rendering took longer than {self.limits.max_seconds:g} s")
 
     def size(self, n: int, what: str) -> None:
-        if n > self.limits.max_chars:
-            raise TemplateLimitError(f"{what}: {n} characters or items, over the limit of "
-                                     f"{self.limits.max_chars}")
+        limits = self.limits
+        if n > limits.max_chars:
+            reason = f" ({limits.max_chars_reason})" if limits.max_chars_reason else ""
+            raise TemplateLimitError(f"{what} would be {n} characters or items long, over the "
+                                     f"limit of {limits.max_chars}{reason}")
 
 
 _BUDGET: contextvars.ContextVar[_Budget] = contextvars.ContextVar("template_render_budget")

@@ -145,8 +145,11 @@ def test_a_model_stops_rendering_past_what_its_context_can_hold(tiny_model):
     fits = [{"role": "user", "content": "a" * (limit - template_chars)}]
     assert len(model.render_chat(fits)) == limit
     too_long = [{"role": "user", "content": "a" * (limit - template_chars + 1)}]
-    with pytest.raises(ChatTemplateLimitError, match=f"the output: {limit + 1} characters"):
+    with pytest.raises(ChatTemplateLimitError) as caught:
         model.render_chat(too_long)
+    assert str(caught.value) == (f"chat template stopped: the output would be {limit + 1} characters or "
+                                 f"items long, over the limit of {limit} (more than a context of 16 "
+                                 f"tokens can hold)")
 
 
 def test_a_chat_drops_old_turns_the_template_cannot_render_within_the_context(tiny_model):
