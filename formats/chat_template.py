@@ -54,7 +54,10 @@ class _GenerationBlock(jinja2.ext.Extension):
 
 
 def _raise_exception(message):
-    raise TemplateError(str(message))
+    # the template's own words become a one-line error: no line breaks or terminal control
+    # characters from a stranger's file
+    printable = "".join(c if c.isprintable() else " " for c in str(message))
+    raise TemplateError(" ".join(printable.split()))
 
 
 def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):

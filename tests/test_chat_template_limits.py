@@ -170,3 +170,9 @@ def test_markup_strings_are_measured_like_str():
     # |safe makes a Markup, whose methods wrap str's under another signature
     assert "str.center()" in render_bomb("{{ ('a' | safe).center(10000000000) }}")
     assert render_chat("{{ ('a' | safe).center(3) }}", MESSAGES) == " a "
+
+
+def test_a_templates_own_error_message_stays_on_one_line():
+    with pytest.raises(ChatTemplateError) as caught:
+        render_chat("{{ raise_exception('first line\\n\\x1b[2Jsecond line') }}", MESSAGES)
+    assert str(caught.value) == "chat template error: first line [2Jsecond line"
