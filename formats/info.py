@@ -71,8 +71,14 @@ def main(args) -> int:
     ]
     w = max(len(k) for k, _ in rows)
     for k, v in rows:
-        print(f"{k:<{w}}  {v}")
+        print(f"{k:<{w}}  {_printable(v)}")
     return 0
+
+
+def _printable(value) -> str:
+    """Text from the file as one line without terminal control characters (escaped instead)."""
+    text = str(value)
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def _tok(t) -> str:

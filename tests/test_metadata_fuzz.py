@@ -232,3 +232,10 @@ def test_the_quantizer_reads_the_same_rules(base_models, tmp_path, key, value):
     with pytest.raises(MetadataError, match=f"GGUF metadata {key} is "):
         quantize_model(path, tmp_path / "out.gguf", "Q8_0")
     assert not (tmp_path / "out.gguf").exists()
+
+
+def test_lantern_info_escapes_control_characters_from_the_file(base_models, tmp_path, capsys):
+    path = mutated_file(base_models, tmp_path, general__name="evil\x1b[2J\nname")
+    assert cli.main(["info", str(path)]) == 0
+    name_line = [line for line in capsys.readouterr().out.splitlines() if line.startswith("name")]
+    assert name_line == ["name            evil\\x1b[2J\\nname"]
