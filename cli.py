@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -55,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._main(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args._main(args) or 0)
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
@@ -65,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         # GGUFError, PullError and friends derive from these: bad input, not a bug.
         print(f"lantern: error: {exc}", file=sys.stderr)
         return 1
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # a warning is for the user, one line like an error, not a source location
+    print(f"lantern: warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -9,17 +9,19 @@ import numpy as np
 
 from .catalog import resolve
 from .gguf import GGUFFile, read_gguf
+from .metadata import read
 
 
 def describe(g: GGUFFile) -> dict:
-    """A plain-dict summary of a model file (what `lantern info --json` prints)."""
+    """A plain-dict summary of a model file (what `lantern info --json` prints); metadata of the
+    wrong type or out of range raises MetadataError naming the key."""
     kv = g.kv
-    arch = kv.get("general.architecture", "?")
-    tokens = kv.get("tokenizer.ggml.tokens") or []
+    arch = read(kv, "general.architecture", "?")
+    tokens = read(kv, "tokenizer.ggml.tokens", [])
 
     def token(key):
-        i = kv.get(key)
-        return None if i is None else {"id": int(i), "text": tokens[i] if 0 <= i < len(tokens) else None}
+        i = read(kv, key, None)
+        return None if i is None else {"id": i, "text": tokens[i] if 0 <= i < len(tokens) else None}
 
     types = Counter(t.type.name for t in g.tensors.values())
     return {
@@ -27,15 +29,15 @@ def describe(g: GGUFFile) -> dict:
         "file_size": os.path.getsize(g.path),
         "gguf_version": g.version,
         "architecture": arch,
-        "name": kv.get("general.name"),
+        "name": read(kv, "general.name", None),
         "parameters": int(sum(int(np.prod(t.shape, dtype=np.int64)) for t in g.tensors.values())),
         "tensors": len(g.tensors),
         "tensor_types": dict(types.most_common()),
-        "context_length": kv.get(f"{arch}.context_length"),
-        "embedding_length": kv.get(f"{arch}.embedding_length"),
-        "block_count": kv.get(f"{arch}.block_count"),
-        "tokenizer": kv.get("tokenizer.ggml.model"),
-        "pre_tokenizer": kv.get("tokenizer.ggml.pre"),
+        "context_length": read(kv, f"{arch}.context_length", None),
+        "embedding_length": read(kv, f"{arch}.embedding_length", None),
+        "block_count": read(kv, f"{arch}.block_count", None),
+        "tokenizer": read(kv, "tokenizer.ggml.model", None),
+        "pre_tokenizer": read(kv, "tokenizer.ggml.pre", None),
         "vocab_size": len(tokens),
         "chat_template": "tokenizer.chat_template" in kv,
         "bos": token("tokenizer.ggml.bos_token_id"),
@@ -69,8 +71,14 @@ def main(args) -> int:
     ]
     w = max(len(k) for k, _ in rows)
     for k, v in rows:
-        print(f"{k:<{w}}  {v}")
+        print(f"{k:<{w}}  {_printable(v)}")
     return 0
+
+
+def _printable(value) -> str:
+    """Text from the file as one line without terminal control characters (escaped instead)."""
+    text = str(value)
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def _tok(t) -> str:

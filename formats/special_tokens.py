@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .metadata import read
+
 
 class TokenAttr(enum.IntFlag):
     UNDEFINED = 0
@@ -32,15 +34,15 @@ for _type, _attr in {1: TokenAttr.NORMAL, 2: TokenAttr.UNKNOWN, 3: TokenAttr.CON
     _ATTR_OF_TYPE[_type] = _attr
 
 
-def attrs_from_types(token_type, n_vocab: int) -> np.ndarray:
-    """uint16 attribute per token from `tokenizer.ggml.token_type` (array, list or None)."""
+def attrs_from_types(token_type: np.ndarray | None, n_vocab: int) -> np.ndarray:
+    """uint16 attribute per token from `tokenizer.ggml.token_type` (a 1-D integer array, or None)."""
     if token_type is None:
         return np.full(n_vocab, TokenAttr.NORMAL, dtype=np.uint16)
-    types = np.asarray(token_type, dtype=np.int64)
-    if types.ndim != 1 or types.size < n_vocab:
+    types = token_type
+    if types.size < n_vocab:
         raise ValueError(f"tokenizer.ggml.token_type has {types.size} entries for "
                          f"{n_vocab} tokens")
-    types = types[:n_vocab]
+    types = types[:n_vocab].astype(np.int64)
     known = (types >= 0) & (types < 256)
     return np.where(known, _ATTR_OF_TYPE[np.clip(types, 0, 255)], 0).astype(np.uint16)
 
@@ -117,9 +119,10 @@ def resolve_special_ids(kv: dict, tokens: list[str], token_to_id: dict[str, int]
         if tid is not None and not 0 <= tid < n:
             tid = None
         for key in keys:
-            value = kv.get(key)
-            if value is not None and 0 <= int(value) < n:
-                tid = int(value)
+            # like llama.cpp, an id outside the vocabulary leaves the default in place
+            value = read(kv, key, None)
+            if value is not None and 0 <= value < n:
+                tid = value
         ids[role] = tid
 
     def force_control(tid: int) -> None:

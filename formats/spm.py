@@ -68,8 +68,8 @@ class SPMModel:
             for b in symbol.encode("utf-8"):
                 bid = self.byte_ids[b]
                 if bid is None:
-                    raise ValueError(f"vocabulary has no byte token <0x{b:02X}> to spell "
-                                     f"{symbol!r}")
+                    raise ValueError(f"the vocabulary (tokenizer.ggml.tokens) has no byte token "
+                                     f"<0x{b:02X}> to spell {symbol!r}")
                 ids.append(bid)
         return tuple(ids)
 

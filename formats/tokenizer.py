@@ -21,6 +21,7 @@ import numpy as np
 
 from .bpe import BPEModel, byte_decode
 from .detokenize import IncrementalDecoder, clean_spaces
+from .metadata import read
 from .pretokenize import pre_tokenizer
 from .special_tokens import SpecialIds, TokenAttr, attrs_from_types, resolve_special_ids
 from .spm import ESCAPED_SPACE, SPMModel
@@ -47,11 +48,11 @@ class _Engine:
 
 
 def _bpe_engine(kv: dict, tokens: list[str], token_to_id: dict[str, int]) -> _Engine:
-    merges = kv.get("tokenizer.ggml.merges")
+    merges = read(kv, "tokenizer.ggml.merges", None)
     if merges is None:
         raise ValueError("BPE vocabulary (tokenizer.ggml.model='gpt2') without "
                          "tokenizer.ggml.merges")
-    pre = pre_tokenizer(kv.get("tokenizer.ggml.pre"))
+    pre = pre_tokenizer(read(kv, "tokenizer.ggml.pre", None))
     model = BPEModel(token_to_id, list(merges), pre)
     return _Engine(
         encode_fragment=lambda text, after_special: model.encode(text),
@@ -59,22 +60,21 @@ def _bpe_engine(kv: dict, tokens: list[str], token_to_id: dict[str, int]) -> _En
         special_defaults={"bos": 11, "eos": 11, "unk": None},
         add_bos=pre.add_bos, add_eos=False,
         # unused when encoding BPE, but llama_detokenize strips the first space when it is set
-        add_space_prefix=bool(kv.get("tokenizer.ggml.add_space_prefix", False)),
+        add_space_prefix=read(kv, "tokenizer.ggml.add_space_prefix", False),
         clean_spaces=pre.clean_spaces)
 
 
 def _spm_engine(kv: dict, tokens: list[str], token_to_id: dict[str, int]) -> _Engine:
     n = len(tokens)
-    raw = kv.get("tokenizer.ggml.scores")
+    raw = read(kv, "tokenizer.ggml.scores", None)
     if raw is None:
         scores = [0.0] * n
     else:
-        arr = np.asarray(raw, dtype=np.float32)
-        if arr.ndim != 1 or arr.size < n:
-            raise ValueError(f"tokenizer.ggml.scores has {arr.size} entries for {n} tokens")
-        scores = arr[:n].tolist()
+        if raw.size < n:
+            raise ValueError(f"tokenizer.ggml.scores has {raw.size} entries for {n} tokens")
+        scores = raw[:n].astype(np.float32).tolist()
     model = SPMModel(token_to_id, scores)
-    add_space_prefix = bool(kv.get("tokenizer.ggml.add_space_prefix", True))
+    add_space_prefix = read(kv, "tokenizer.ggml.add_space_prefix", True)
 
     def encode_fragment(text: str, after_special: bool) -> list[int]:
         # llama.cpp prefixes a space to the first fragment and to each one after a special
@@ -115,14 +115,8 @@ class _SpecialMatcher:
         return [self.entries[i] for i in found if self.entries[i][0] in text]
 
 
-def _validate_tokens(raw) -> list[str]:
-    if raw is None:
-        raise ValueError("GGUF metadata lacks tokenizer.ggml.tokens")
-    tokens = list(raw)
-    if not tokens:
-        raise ValueError("tokenizer.ggml.tokens is empty")
-    if not isinstance(tokens[0], str):
-        raise ValueError("tokenizer.ggml.tokens must be a list of str")
+def _checked_tokens(kv: dict) -> list[str]:
+    tokens = read(kv, "tokenizer.ggml.tokens")
     if "" in tokens:
         # llama.cpp renames empty tokens so that every text maps back to one id
         tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
@@ -132,7 +126,8 @@ def _validate_tokens(raw) -> list[str]:
 class Tokenizer:
     """Text <-> token ids for one GGUF vocabulary (see module docstring).
 
-    Attributes: n_vocab; tokens (id -> text) and token_to_id; attrs (TokenAttr per id);
+    Attributes: n_vocab; tokens (id -> text) and token_to_id; longest_token_chars (no token
+    decodes to more characters than its text has); attrs (TokenAttr per id);
     bos_id / eos_id / eot_id (None where llama.cpp has none: the metadata's id, else its
     default for the model -- 1/2 for "llama", 11/11 for "gpt2" -- if inside the vocabulary);
     eot_ids, every id that ends generation (llama.cpp's EOG set); add_bos / add_eos, whether
@@ -140,24 +135,25 @@ class Tokenizer:
     """
 
     def __init__(self, kv: dict):
-        model = kv.get("tokenizer.ggml.model")
+        model = read(kv, "tokenizer.ggml.model", None)
         if model not in TOKENIZER_MODELS:
             raise ValueError(f"unsupported tokenizer.ggml.model={model!r}; "
                              f"supported: {', '.join(TOKENIZER_MODELS)}")
         self.model: str = model
-        self.pre: str | None = kv.get("tokenizer.ggml.pre")
-        self.tokens = _validate_tokens(kv.get("tokenizer.ggml.tokens"))
+        self.pre: str | None = read(kv, "tokenizer.ggml.pre", None)
+        self.tokens = _checked_tokens(kv)
         self.n_vocab = len(self.tokens)
+        self.longest_token_chars = max(map(len, self.tokens))
         self.token_to_id: dict[str, int] = dict(zip(self.tokens, range(self.n_vocab)))
 
         engine = TOKENIZER_MODELS[model](kv, self.tokens, self.token_to_id)
         self._engine = engine
         self.add_space_prefix = engine.add_space_prefix
         self.clean_spaces = engine.clean_spaces
-        self.add_bos = bool(kv.get("tokenizer.ggml.add_bos_token", engine.add_bos))
-        self.add_eos = bool(kv.get("tokenizer.ggml.add_eos_token", engine.add_eos))
+        self.add_bos = read(kv, "tokenizer.ggml.add_bos_token", engine.add_bos)
+        self.add_eos = read(kv, "tokenizer.ggml.add_eos_token", engine.add_eos)
 
-        attrs = attrs_from_types(kv.get("tokenizer.ggml.token_type"), self.n_vocab)
+        attrs = attrs_from_types(read(kv, "tokenizer.ggml.token_type", None), self.n_vocab)
         self.special: SpecialIds = resolve_special_ids(
             kv, self.tokens, self.token_to_id, attrs, engine.special_defaults)
         self.attrs = attrs

@@ -32,6 +32,8 @@ from typing import Callable, Optional
 import numpy as np
 from gguf import GGML_QUANT_SIZES, MODEL_ARCH_NAMES, GGMLQuantizationType as T, LlamaFileType
 
+from ..formats.metadata import read
+
 __all__ = ["FileType", "FTYPES", "get_ftype", "ModelFacts", "TensorPlan", "plan_mix", "plan_tensors",
            "model_facts", "category_of", "allows_quantization"]
 
@@ -98,30 +100,25 @@ class ModelFacts:
 
 
 def _first(value, default):
-    """A hyperparameter that may be a scalar or a per-layer array: its layer-0 value."""
+    """A hyperparameter that may be a scalar or a per-layer tuple: its layer-0 value."""
     if value is None:
         return default
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return int(value[0]) if len(value) else default
-    return int(value)
+    return value[0] if isinstance(value, tuple) else value
 
 
 def model_facts(kv: dict) -> ModelFacts:
-    """The hyperparameters the mix rules depend on, read (and checked) from GGUF metadata."""
-    arch = kv.get("general.architecture")
-    if arch is None:
-        raise ValueError("the model has no general.architecture")
+    """The hyperparameters the mix rules depend on, read (type and range checked) from GGUF
+    metadata through formats.metadata."""
+    arch = read(kv, "general.architecture")
     if arch not in KNOWN_ARCHITECTURES:
         raise ValueError(f"unknown model architecture {arch!r}")
-    n_layer = kv.get(f"{arch}.block_count")
-    if n_layer is None:
-        raise ValueError(f"the model has no {arch}.block_count")
-    n_head = _first(kv.get(f"{arch}.attention.head_count"), 0)
-    n_head_kv = _first(kv.get(f"{arch}.attention.head_count_kv"), n_head)
+    n_layer = read(kv, f"{arch}.block_count")
+    n_head = _first(read(kv, f"{arch}.attention.head_count", None), 0)
+    n_head_kv = _first(read(kv, f"{arch}.attention.head_count_kv", None), n_head)
     n_gqa = n_head // n_head_kv if n_head_kv else 0
-    return ModelFacts(arch=arch, n_layer=int(n_layer), n_gqa=n_gqa,
-                      n_expert=int(kv.get(f"{arch}.expert_count", 0) or 0),
-                      is_70b=arch == "llama" and int(n_layer) == 80 and n_head != n_head_kv)
+    return ModelFacts(arch=arch, n_layer=n_layer, n_gqa=n_gqa,
+                      n_expert=read(kv, f"{arch}.expert_count", 0),
+                      is_70b=arch == "llama" and n_layer == 80 and n_head != n_head_kv)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+from ..formats.chat_template import ChatTemplateLimitError
 from .generate import GenerationChunk, GenerationStats
 from .model import DEFAULT_MAX_TOKENS, Model
 
@@ -85,9 +86,16 @@ class ChatSession:
         """Drop oldest turns until the history plus `reserve` tokens fits the context.
         Returns how many turns were dropped."""
         dropped = 0
-        while self.prompt_tokens() + reserve > self.model.n_ctx and self.drop_oldest_turn():
+        while not self._fits(reserve) and self.drop_oldest_turn():
             dropped += 1
         return dropped
+
+    def _fits(self, reserve: int) -> bool:
+        try:
+            return self.prompt_tokens() + reserve <= self.model.n_ctx
+        except ChatTemplateLimitError:
+            # the rendering outgrew what the context can hold (Model.render_chat's limits)
+            return False
 
     def clear(self) -> None:
         """Forget every turn, keeping the system prompt."""

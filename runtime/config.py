@@ -11,11 +11,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-import numpy as np
+from ..formats import metadata
+from ..formats.metadata import MetadataError
 
 
-class ConfigError(ValueError):
-    """GGUF metadata is missing a key the runtime needs, or holds an unsupported value."""
+class ConfigError(MetadataError):
+    """GGUF metadata holds values the runtime does not support, or that contradict each other."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,8 @@ class ModelConfig:
         if not self.n_rot:
             derive("n_rot", self.head_dim)
         if self.n_rot > self.head_dim or self.n_rot % 2:
-            raise ConfigError(f"{self.arch}: rope dimension {self.n_rot} must be even and <= head_dim {self.head_dim}")
+            raise ConfigError(f"{self.arch}.rope.dimension_count {self.n_rot} must be even and at most "
+                              f"head_dim {self.head_dim}")
         if self.n_head % self.n_head_kv:
             raise ConfigError(f"{self.arch}: n_head {self.n_head} is not a multiple of n_head_kv {self.n_head_kv}")
         if not self.swa_layers:
@@ -99,9 +101,7 @@ class ModelConfig:
         """Read a config from GGUF metadata (`GGUFFile.kv`)."""
         from .models import get_architecture  # models register their hparams hooks
 
-        arch = kv.get("general.architecture")
-        if not isinstance(arch, str):
-            raise ConfigError("GGUF metadata has no general.architecture")
+        arch = metadata.read(kv, "general.architecture")
         spec = get_architecture(arch)
         fields = generic_fields(kv, arch)
         fields.update(spec.module.hparams(KV(kv, arch), dict(fields)))
@@ -110,36 +110,26 @@ class ModelConfig:
 
 
 class KV:
-    """Typed access to one architecture's metadata keys: `kv.int("block_count")` reads
-    `<arch>.block_count`; a missing required key raises ConfigError naming the full key."""
-
-    _MISSING = object()
+    """One architecture's metadata keys, read through formats.metadata (type and range checked):
+    `kv.int("block_count")` reads `<arch>.block_count`; a missing required key raises
+    MetadataError naming the full key."""
 
     def __init__(self, kv: Mapping[str, Any], arch: str):
         self.raw, self.arch = kv, arch
 
-    def get(self, key: str, default=None):
-        return self.raw.get(f"{self.arch}.{key}", default)
+    def get(self, key: str, default=metadata.REQUIRED):
+        return metadata.read(self.raw, f"{self.arch}.{key}", default)
 
-    def _value(self, key, default):
-        value = self.get(key, self._MISSING)
-        if value is self._MISSING:
-            if default is self._MISSING:
-                raise ConfigError(f"GGUF metadata lacks {self.arch}.{key}")
-            return default
+    def int(self, key: str, default=metadata.REQUIRED) -> int:
+        value = self.get(key, default)
+        if isinstance(value, tuple):  # per-layer values: only uniform ones are supported
+            if len(set(value)) != 1:
+                raise ConfigError(f"{self.arch}.{key} varies per layer ({sorted(set(value))}); not supported")
+            value = value[0]
         return value
 
-    def int(self, key: str, default=_MISSING) -> int:
-        value = self._value(key, default)
-        if isinstance(value, (list, np.ndarray)):  # per-layer arrays: only uniform ones are supported
-            values = {int(v) for v in value}
-            if len(values) != 1:
-                raise ConfigError(f"{self.arch}.{key} varies per layer ({sorted(values)}); not supported")
-            value = values.pop()
-        return int(value)
-
-    def float(self, key: str, default=_MISSING) -> float:
-        return float(self._value(key, default))
+    def float(self, key: str, default=metadata.REQUIRED) -> float:
+        return self.get(key, default)
 
 
 def generic_fields(kv: Mapping[str, Any], arch: str) -> dict:
@@ -164,14 +154,15 @@ def generic_fields(kv: Mapping[str, Any], arch: str) -> dict:
         pooling_type=k.int("pooling_type", -1),
     )
     if k.float("final_logit_softcapping", 0.0):
-        raise ConfigError(f"{arch}: final logit soft-capping is not supported")
+        raise ConfigError(f"{arch}.final_logit_softcapping: final logit soft-capping is not supported")
     return fields
 
 
 def _vocab_size(kv, k: KV) -> int:
-    if k.get("vocab_size") is not None:
-        return k.int("vocab_size")
-    tokens = kv.get("tokenizer.ggml.tokens")
+    n_vocab = k.int("vocab_size", None)
+    if n_vocab is not None:
+        return n_vocab
+    tokens = metadata.read(kv, "tokenizer.ggml.tokens", None)
     if tokens is None:
         raise ConfigError(f"GGUF metadata has neither {k.arch}.vocab_size nor tokenizer.ggml.tokens")
     return len(tokens)

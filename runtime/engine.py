@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from typing import Sequence
 
 import numba
@@ -31,12 +32,17 @@ from .config import ModelConfig
 from .executor import Executor, Program
 from .graph import Graph
 from .kv_cache import KVCache
+from .memory_limits import ensure_available
 from .models import get_architecture
 from .thread_governor import ThreadGovernor
 
 
 class ContextFullError(ValueError):
     """The tokens would not fit in the context window (n_ctx)."""
+
+
+class ContextBeyondTrainingWarning(UserWarning):
+    """n_ctx is longer than the context the model was trained on (`<arch>.context_length`)."""
 
 
 class Engine:
@@ -61,6 +67,8 @@ class Engine:
 
         self._arch = get_architecture(self.cfg.arch)
         self._shapes = {name: tuple(int(d) for d in ref.shape) for name, ref in gguf_file.tensors.items()}
+        # The graphs first: building them checks the file's tensors against its metadata, before
+        # any memory is sized from that metadata.
         graphs = {"decode": self._build(1), "prefill": self._build(self.n_batch),
                   "prefill_all": self._build(self.n_batch, all_logits=True)}
 
@@ -69,6 +77,7 @@ class Engine:
         # kv_type: the cache's element type, "f16" (llama.cpp's default --cache-type-k/v) or "f32";
         # a backend without `kv_dtype` keeps its cache in its own float type
         kv_dtype = backend_cls.kv_dtype(kv_type) if hasattr(backend_cls, "kv_dtype") else np.float32
+        self._check_context(n_ctx, backend_cls, kv_dtype)
         self.kv = KVCache.for_config(self.cfg, n_ctx, zeros=backend_cls.zeros, dtype=kv_dtype)
         if ram_budget is None:
             self.backend = backend_cls(gguf_file.tensors, self.kv)
@@ -85,6 +94,18 @@ class Engine:
         g = Graph(self.cfg.arch, self._shapes, n_tokens, all_logits, embeddings)
         self._arch.module.build(g, self.cfg)
         return g.finish()
+
+    def _check_context(self, n_ctx: int, backend_cls, kv_dtype) -> None:
+        """Refuse a KV cache larger than the memory left where the backend keeps it; warn about
+        a context longer than the model was trained on (as llama.cpp does)."""
+        available = backend_cls.available_memory() if hasattr(backend_cls, "available_memory") else None
+        ensure_available(KVCache.nbytes_for(self.cfg, n_ctx, kv_dtype),
+                         f"the KV cache for a context of {n_ctx} tokens", available,
+                         advice="use a smaller context (--ctx, n_ctx)")
+        if n_ctx > self.cfg.n_ctx_train:
+            warnings.warn(f"a context of {n_ctx} tokens is longer than the {self.cfg.n_ctx_train} "
+                          f"this model was trained on ({self.cfg.arch}.context_length); text past "
+                          f"that is likely to degrade", ContextBeyondTrainingWarning, stacklevel=3)
 
     @classmethod
     def load(cls, path: str | os.PathLike, **kwargs) -> Engine:

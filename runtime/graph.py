@@ -204,9 +204,14 @@ class Graph:
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, *, layer: int, n_head: int, n_head_kv: int,
                   head_dim: int, head_dim_v: int, scale: float, window: int, name: str) -> Tensor:
-        self._check(q.width == n_head * head_dim, f"{q} is not {n_head} heads of {head_dim}")
-        self._check(k.width == n_head_kv * head_dim, f"{k} is not {n_head_kv} heads of {head_dim}")
-        self._check(v.width == n_head_kv * head_dim_v, f"{v} is not {n_head_kv} heads of {head_dim_v}")
+        # the head counts and widths come from metadata: name the keys a mismatch may lie in
+        heads, kv_heads, width, width_v = (f"{self.arch}.attention.{key}" for key in (
+            "head_count", "head_count_kv", "key_length", "value_length"))
+        self._check(q.width == n_head * head_dim, f"{q} is not {n_head} heads ({heads}) of {head_dim} ({width})")
+        self._check(k.width == n_head_kv * head_dim,
+                    f"{k} is not {n_head_kv} heads ({kv_heads}) of {head_dim} ({width})")
+        self._check(v.width == n_head_kv * head_dim_v,
+                    f"{v} is not {n_head_kv} heads ({kv_heads}) of {head_dim_v} ({width_v})")
         self._check(n_head % n_head_kv == 0, f"{n_head} query heads do not share {n_head_kv} KV heads")
         return self._node(Op.ATTENTION, name, n_head * head_dim_v, (q, k, v, self.pos), layer=layer,
                           n_head=n_head, n_head_kv=n_head_kv, head_dim=head_dim, head_dim_v=head_dim_v,

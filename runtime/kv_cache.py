@@ -29,6 +29,12 @@ class KVCache:
     def for_config(cls, cfg, n_ctx: int, zeros: Callable = np.zeros, dtype=np.float32) -> KVCache:
         return cls(cfg.n_layer, n_ctx, cfg.n_head_kv, cfg.head_dim, cfg.head_dim_v, zeros, dtype)
 
+    @staticmethod
+    def nbytes_for(cfg, n_ctx: int, dtype=np.float32) -> int:
+        """What `for_config(cfg, n_ctx, dtype=dtype)` will allocate, in bytes."""
+        per_token = cfg.n_layer * cfg.n_head_kv * (cfg.head_dim + cfg.head_dim_v)
+        return per_token * n_ctx * np.dtype(dtype).itemsize
+
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.k) + sum(a.nbytes for a in self.v)

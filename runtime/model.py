@@ -35,7 +35,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..formats.catalog import resolve
-from ..formats.chat_template import chat_template_for, render_chat
+from ..formats.chat_template import chat_template_for, prompt_render_limits, render_chat
 from ..formats.tokenizer import load_tokenizer
 from . import openai_shapes as shapes
 from .backends import get_backend
@@ -291,11 +291,13 @@ class Model:
 
     def render_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
         """The prompt text the chat template makes of `messages` (a message's content is a string,
-        or OpenAI text parts, joined by newlines)."""
+        or OpenAI text parts, joined by newlines); rendering stops with ChatTemplateLimitError
+        once the text is longer than the context could hold."""
         return render_chat(self.chat_template, _check_messages(messages),
                            add_generation_prompt=add_generation_prompt,
                            bos_token=self._special_text(self.tokenizer.bos_id),
-                           eos_token=self._special_text(self.tokenizer.eos_id))
+                           eos_token=self._special_text(self.tokenizer.eos_id),
+                           render_limits=prompt_render_limits(self.n_ctx, self.tokenizer.longest_token_chars))
 
     def chat_prompt_ids(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
         ids = self.tokenize(self.render_chat(messages))

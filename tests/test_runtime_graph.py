@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from lanternlm.formats.metadata import MetadataError
 from lanternlm.runtime.config import ConfigError, ModelConfig
 from lanternlm.runtime.graph import INPLACE_OPS, Graph, GraphError, Kind, MissingTensorsError, Op
 from lanternlm.runtime.models import ARCHITECTURES, UnknownArchitectureError
@@ -93,7 +94,7 @@ def test_linear_rope_scaling_applies_to_global_layers():
 def test_config_errors_name_the_problem():
     kv = llama_kv()
     del kv["llama.attention.layer_norm_rms_epsilon"]
-    with pytest.raises(ConfigError, match="llama.attention.layer_norm_rms_epsilon"):
+    with pytest.raises(MetadataError, match="lacks llama.attention.layer_norm_rms_epsilon"):
         ModelConfig.from_kv(kv)
     with pytest.raises(UnknownArchitectureError, match="mamba"):
         ModelConfig.from_kv(llama_kv("mamba"))

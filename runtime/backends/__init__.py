@@ -4,6 +4,8 @@ A backend is a class constructed as `Backend(tensors, kv_cache)` (tensors: GGUF 
 TensorRef) that offers:
 
 - `zeros(shape, dtype)`: an array in its memory (arena, inputs, KV cache);
+- `available_memory()`: how much of that memory is left (runtime.memory_limits.AvailableMemory,
+  or None where unknown), so the engine refuses a KV cache that cannot fit before allocating it;
 - `bind(node, out, srcs, t) -> [(fn, args), ...]`: the calls computing one graph node for
   `t` tokens into the array `out` from the arrays `srcs` (graph.Node documents each op).
 

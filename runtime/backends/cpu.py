@@ -17,6 +17,7 @@ from gguf import GGMLQuantizationType
 from ...quant import QTYPES
 from ..graph import Node, Op
 from ..kv_cache import KVCache
+from ..memory_limits import AvailableMemory, available_memory
 from . import activations as A
 from . import cpu_kernels as K
 from .rope_table import rope_cos_sin
@@ -90,6 +91,11 @@ class CpuBackend:
     @staticmethod
     def zeros(shape, dtype=np.float32) -> np.ndarray:
         return np.zeros(shape, dtype=dtype)
+
+    @staticmethod
+    def available_memory() -> AvailableMemory | None:
+        """Memory left where `zeros` allocates (the KV cache is checked against it)."""
+        return available_memory()
 
     # ---- weights ---------------------------------------------------------------------------
     def _qtype(self, name: str):

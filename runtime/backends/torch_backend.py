@@ -44,6 +44,7 @@ from gguf import GGMLQuantizationType
 from ...quant import QTYPES
 from ..graph import Node, Op
 from ..kv_cache import KVCache
+from ..memory_limits import AvailableMemory, available_memory
 from .cpu import BackendError, layer_cache
 from .rope_table import rope_cos_sin
 from .torch_dequant import DEQUANTIZERS, FLOAT_TYPES, dequantize_rows
@@ -215,6 +216,15 @@ class TorchBackend:
         if dt not in _TORCH_DTYPES:
             raise BackendError(f"the torch backend has no buffers of {dt}")
         return torch.zeros(shape, dtype=_TORCH_DTYPES[dt], device=cls.device)
+
+    @classmethod
+    def available_memory(cls) -> AvailableMemory | None:
+        """Memory left where `zeros` allocates: a CUDA GPU's free memory, else the host's (Apple
+        GPUs share it)."""
+        if cls.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(cls.device)
+            return AvailableMemory(free, f"free memory of {cls.device}")
+        return available_memory()
 
     def synchronize(self) -> None:
         synchronize(self.device)

@@ -41,7 +41,8 @@ def get_architecture(name: str) -> Architecture:
         return ARCHITECTURES[name]
     except KeyError:
         raise UnknownArchitectureError(
-            f"unsupported model architecture {name!r}; supported: {', '.join(sorted(ARCHITECTURES))}"
+            f"unsupported model architecture {name!r} (general.architecture); "
+            f"supported: {', '.join(sorted(ARCHITECTURES))}"
         ) from None
 
 

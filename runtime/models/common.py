@@ -29,5 +29,6 @@ def lm_head(g, cfg, x) -> None:
         return
     logits = g.mul_mat(output_weight(g), x, name="result_output")
     if logits.width != cfg.n_vocab and not g.missing:
-        raise ValueError(f"{cfg.arch}: output projection gives {logits.width} logits, vocabulary has {cfg.n_vocab}")
+        raise ValueError(f"{cfg.arch}: the output projection gives {logits.width} logits, but the vocabulary "
+                         f"has {cfg.n_vocab} tokens ({cfg.arch}.vocab_size, or tokenizer.ggml.tokens)")
     g.set_output(logits)

@@ -23,10 +23,9 @@ def hparams(kv, fields: dict) -> dict:
     pattern = kv.get("attention.sliding_window_pattern", DEFAULT_SWA_PATTERN)
     if window <= 0:
         swa_layers = (False,) * n_layer
-    elif isinstance(pattern, (list, np.ndarray)):  # newer converters write one flag per layer
-        swa_layers = tuple(bool(b) for b in pattern)
+    elif isinstance(pattern, tuple):  # newer converters write one flag per layer
+        swa_layers = pattern
     else:  # every `pattern`-th layer is global, the others local
-        pattern = int(pattern)
         swa_layers = tuple(pattern == 0 or il % pattern < pattern - 1 for il in range(n_layer))
     head_dim = fields["head_dim"] or fields["n_embd"] // fields["n_head"]
     # llama.cpp's reading of query_pre_attn_scalar: head_dim, except the 27B model (62 layers),
