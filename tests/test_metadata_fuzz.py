@@ -73,7 +73,7 @@ def gemma3_bpe():
           "gemma3.attention.key_length": HEAD_DIM, "gemma3.attention.value_length": HEAD_DIM,
           "gemma3.attention.layer_norm_rms_epsilon": 1e-6, "gemma3.rope.freq_base": 1e6,
           "gemma3.rope.freq_base_swa": 1e4, "gemma3.attention.sliding_window": 8,
-          "gemma3.attention.sliding_window_pattern": 2,
+          "gemma3.attention.sliding_window_pattern": 2, "gemma3.pooling_type": 1,
           "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "default",
           "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": np.array(types, np.int32),
           "tokenizer.ggml.merges": ["Ġ t", "h e", "Ġt he"],

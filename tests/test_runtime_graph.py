@@ -136,7 +136,7 @@ def test_embeddings_graph_ends_at_the_final_norm_of_every_token(arch):
 def test_pooling_type_is_read_and_checked():
     assert ModelConfig.from_kv(llama_kv()).pooling_type == -1           # the file says nothing
     assert ModelConfig.from_kv(llama_kv(**{"llama.pooling_type": 3})).pooling_type == 3
-    with pytest.raises(ConfigError, match="pooling_type must be 0..4"):
+    with pytest.raises(MetadataError, match="llama.pooling_type"):   # checked where it is read
         ModelConfig.from_kv(llama_kv(**{"llama.pooling_type": 9}))
 
 
