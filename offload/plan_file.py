@@ -25,7 +25,6 @@ The model's own GGUF is never modified. Written through the gguf package, atomic
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Mapping
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
+from ..formats.cache_stamp import file_sha256, holds
 from ..formats.gguf import GGUFError, read_gguf
 from ..formats.writer import write_gguf
 from ..quant import QTYPES
@@ -48,12 +48,8 @@ class PlanError(ValueError):
     """An offload plan that is unreadable, damaged, or made for another model."""
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 8 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+__all__ = ["PlanError", "OffloadPlan", "LayerPlan", "read_plan", "write_plan", "check_plan_for_model",
+           "default_plan_path", "bundle_bytes", "file_sha256", "DOWN_TYPE"]
 
 
 def default_plan_path(model_path: str | os.PathLike) -> Path:
@@ -191,11 +187,10 @@ def read_plan(path: str | os.PathLike) -> OffloadPlan:
         layers=tuple(layers), bundle_offsets=tuple(offsets))
 
 
-def check_plan_for_model(plan: OffloadPlan, model_path: str | os.PathLike, model_sha256: str | None = None) -> None:
-    """Refuse a plan made for another model file (size, then sha256; pass the model's sha256
-    when it is already known, e.g. from the catalog)."""
-    size = os.path.getsize(model_path)
-    if size != plan.model_size or (model_sha256 or file_sha256(model_path)) != plan.model_sha256:
+def check_plan_for_model(plan: OffloadPlan, model_path: str | os.PathLike) -> None:
+    """Refuse a plan made for another model file: its size, then its sha256 (hashed once, then
+    remembered in a stamp beside the model while the file is unchanged: formats.cache_stamp)."""
+    if os.path.getsize(model_path) != plan.model_size or not holds(Path(model_path), plan.model_sha256):
         raise PlanError(f"offload plan {plan.path} was made for another model file (sha256 "
                         f"{plan.model_sha256[:12]}..., {plan.model_size} bytes), not {model_path}; "
                         f"build a plan for it with `lantern offload`")

@@ -203,6 +203,7 @@ class LoadOptions:
     backend: str = "cpu"
     device: str | None = None
     ram_budget: int | str | None = None   # lantern only: weights past it stream from disk
+    offload_plan: str | bool | None = None   # with ram_budget: Engine's offload_plan
 
 
 def load_lantern(path, opts: LoadOptions) -> tuple[LanternRunner, float]:
@@ -211,7 +212,8 @@ def load_lantern(path, opts: LoadOptions) -> tuple[LanternRunner, float]:
 
     t0 = time.perf_counter()
     engine = Engine.load(path, n_ctx=opts.n_ctx, threads=opts.threads, n_batch=opts.n_batch,
-                         backend=opts.backend, device=opts.device, ram_budget=opts.ram_budget)
+                         backend=opts.backend, device=opts.device, ram_budget=opts.ram_budget,
+                         offload_plan=opts.offload_plan)
     return LanternRunner(engine), time.perf_counter() - t0
 
 
@@ -298,22 +300,23 @@ def prose_prompt(engine, n_tokens: int = PROSE_PROMPT_TOKENS) -> list[int]:
 def offload_report(runner: LanternRunner, greedy_prompt: Sequence[int], n_gen: int) -> dict:
     """I/O per generated token over one more greedy run of n_gen steps (after the timed ones).
 
-    dense_read_bytes_per_token is what dense streaming reads per evaluation: every streamed
-    matrix once, plus one row of each gathered table."""
-    backend = runner.engine.backend
-    reader = backend.reader
+    dense_read_bytes_per_token is what dense streaming (no plan) reads per evaluation at the same
+    budget: every matrix that does not fit once, plus one row of each gathered table."""
+    from .weight_residency import dense_read_bytes
+
+    engine = runner.engine
+    backend = engine.backend
     runner.reset()
     tok = runner.greedy_next(greedy_prompt)
-    bytes0, seconds0 = reader.bytes_read, reader.seconds
+    bytes0, seconds0 = backend.bytes_read, backend.read_seconds
     for _ in range(n_gen):
         tok = runner.greedy_next([tok])
-    read, read_s = reader.bytes_read - bytes0, reader.seconds - seconds0
-    tensors = runner.engine.gguf.tensors
-    dense = (sum(tensors[n].nbytes for n in backend.residency.streamed)
-             + sum(tensors[n].nbytes // tensors[n].shape[0] for n in backend.residency.gathered))
-    return {"ram_budget_bytes": backend.residency.budget, "resident_bytes": backend.resident_bytes,
+    read, read_s = backend.bytes_read - bytes0, backend.read_seconds - seconds0
+    dense = dense_read_bytes(engine.gguf, engine.graphs, backend.ram_budget)
+    return {"ram_budget_bytes": backend.ram_budget, "resident_bytes": backend.resident_bytes,
             "read_bytes_per_token": read / n_gen, "dense_read_bytes_per_token": dense,
-            "cache_hit_rate": None, "predictor_recall": None,   # no neuron cache without a plan
+            "cache_hit_rate": getattr(backend, "cache_hit_rate", None),   # neuron cache, with a plan
+            "predictor_recall": None,       # the gate is computed in full: an exact predictor
             "read_gbps": read / read_s / 1e9 if read_s > 0 else None}
 
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from .bench import PROSE_PROMPT_TOKENS, BenchResult, LoadOptions, bench_engine, require_llama_cpp
-from .cli_common import add_runtime_args
+from .cli_common import add_runtime_args, offload_plan_option
 
 def configure_parser(p) -> None:
     p.add_argument("model", help="GGUF path or catalog name")
@@ -116,7 +116,8 @@ def main(args) -> int:
     prompt = max(args.n_prompt, PROSE_PROMPT_TOKENS) if args.ram_budget is not None else args.n_prompt
     n_ctx = args.ctx or prompt + args.n_gen
     opts = LoadOptions(threads=args.threads, n_ctx=n_ctx, n_batch=args.n_prompt,
-                       backend=args.backend, device=args.device, ram_budget=args.ram_budget)
+                       backend=args.backend, device=args.device, ram_budget=args.ram_budget,
+                       offload_plan=offload_plan_option(args))
     if args.vs_llama_cpp:
         require_llama_cpp()         # fail before the long part when llama-cpp-python is missing
 

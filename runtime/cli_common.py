@@ -47,7 +47,7 @@ def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
 
 
 def add_runtime_args(p: argparse.ArgumentParser, ctx: int | None, ctx_help: str | None = None) -> None:
-    """--ctx, --threads, --backend, --device, --ram-budget."""
+    """--ctx, --threads, --backend, --device, --ram-budget, --offload-plan."""
     g = p.add_argument_group("runtime")
     g.add_argument("-c", "--ctx", type=int, default=ctx, metavar="N",
                    help=ctx_help or f"context window in tokens (default {ctx})")
@@ -59,6 +59,9 @@ def add_runtime_args(p: argparse.ArgumentParser, ctx: int | None, ctx_help: str 
     g.add_argument("--ram-budget", default=None, metavar="SIZE",
                    help="keep at most SIZE of weights in RAM (300MB, 1.5GB, 40%% of the file) and "
                         "stream the rest from disk (default: all in RAM)")
+    g.add_argument("--offload-plan", default=None, metavar="PATH",
+                   help="with --ram-budget: the offload plan (`lantern offload`) serving the FFN sparsely; "
+                        "'none' streams densely (default: MODEL.offload.gguf beside the model, if any)")
 
 
 def sampling_options(args: argparse.Namespace) -> dict:
@@ -146,6 +149,14 @@ def describe_settings(options: dict) -> str:
                     for name, (key, _) in SETTINGS.items())
 
 
+def offload_plan_option(args: argparse.Namespace):
+    """--offload-plan as Engine's offload_plan: a path, False for 'none', None to look beside."""
+    plan = getattr(args, "offload_plan", None)
+    if plan is not None and args.ram_budget is None:
+        raise ValueError("--offload-plan applies with --ram-budget (a plan serves the weights that stream)")
+    return False if plan == "none" else plan
+
+
 def load_model(model: str, n_ctx: int, args: argparse.Namespace):
     """Load a model (path or catalog name, pulled on first use) with the runtime flags, warm its
     kernels up (saying so on stderr when that compiles them, unless args.quiet), then give back
@@ -162,7 +173,7 @@ def load_model(model: str, n_ctx: int, args: argparse.Namespace):
     # the first run on a machine compiles the kernels: say so unless asked to be quiet
     with nullcontext() if getattr(args, "quiet", False) else notice_if_compiling():
         loaded = Model.load(model, n_ctx=n_ctx, threads=args.threads, backend=args.backend, device=args.device,
-                            ram_budget=args.ram_budget)
+                            ram_budget=args.ram_budget, offload_plan=offload_plan_option(args))
         loaded.engine.warm_up()
     release_compiler_pages()
     return loaded

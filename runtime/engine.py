@@ -15,7 +15,9 @@ Long inputs run in chunks of n_batch tokens.
 
 With a RAM budget (bytes, or '300MB', '1.5GB', '40%' of the file) the cpu backend keeps only
 that many bytes of weights in RAM and streams the rest from disk at every use
-(runtime/weight_residency.py, backends/cpu_streaming.py), bit-identical to the in-RAM engine.
+(runtime/weight_residency.py, backends/cpu_streaming.py), bit-identical to the in-RAM engine;
+with an offload plan (`lantern offload`; found beside the model, or `offload_plan=PATH`) the
+FFN is served sparsely from the plan's neuron bundles (backends/cpu_sparse.py).
 """
 from __future__ import annotations
 
@@ -48,7 +50,8 @@ class ContextBeyondTrainingWarning(UserWarning):
 class Engine:
     def __init__(self, gguf_file, n_ctx: int = 2048, threads: int | None = None, n_batch: int = 512,
                  backend: str = "cpu", device: str | None = None, weights: str | None = None,
-                 kv_type: str = "f16", ram_budget: int | str | None = None, backend_class: type | None = None):
+                 kv_type: str = "f16", ram_budget: int | str | None = None,
+                 offload_plan: str | os.PathLike | bool | None = None, backend_class: type | None = None):
         if n_ctx < 1 or n_batch < 1:
             raise ValueError(f"n_ctx and n_batch must be positive, got n_ctx={n_ctx}, n_batch={n_batch}")
         if threads is not None:
@@ -85,10 +88,25 @@ class Engine:
             if backend != "cpu":
                 raise ValueError(f"a RAM budget streams weights on the cpu backend, not {backend!r}")
             from .weight_residency import streaming_backend
-            self.backend = streaming_backend(gguf_file, self.kv, graphs, ram_budget, self.n_batch)
+            self.backend = streaming_backend(gguf_file, self.kv, graphs, ram_budget, self.n_batch,
+                                             plan=self._offload_plan(offload_plan))
         self.executor = Executor(self.backend, graphs, self.n_batch)
         self.graphs = self.executor.graphs
         self.decode_program: Program = self.executor.program("decode", 1)
+
+    def _offload_plan(self, offload_plan):
+        """The plan to serve the FFN with: a path, None (MODEL.offload.gguf beside the model if
+        there is one), or False (none: dense streaming). Checked against this model file."""
+        from ..offload.plan_file import check_plan_for_model, default_plan_path, read_plan
+
+        if offload_plan is False:
+            return None
+        path = offload_plan or default_plan_path(self.gguf.path)
+        if offload_plan is None and not os.path.isfile(path):
+            return None
+        plan = read_plan(path)
+        check_plan_for_model(plan, self.gguf.path)
+        return plan
 
     def _build(self, n_tokens: int, all_logits: bool = False, embeddings: bool = False) -> Graph:
         g = Graph(self.cfg.arch, self._shapes, n_tokens, all_logits, embeddings)

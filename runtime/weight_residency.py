@@ -1,5 +1,11 @@
 """Setting up an engine under a RAM budget: which weights the graphs use how, what stays
-resident (offload.residency), and the streaming CPU backend that serves the rest from disk."""
+resident (offload.residency), and the streaming CPU backend that serves the rest from disk.
+
+With an offload plan the FFN blocks' up and down matrices are not the model's to place: the
+plan's bundles serve them (backends/cpu_sparse.py). What every token needs in full (vectors,
+attention, gates, the head) claims the budget first, as without a plan; what is left holds
+neuron bundles, split evenly over the layers, half pinned (the hottest) and half cache slots.
+"""
 from __future__ import annotations
 
 import os
@@ -10,6 +16,8 @@ from ..offload.direct_io import ALIGN, align_up
 from ..offload.residency import Residency, plan_residency
 from .backends.cpu import row_shape
 from .backends.cpu_streaming import N_SLOTS, StreamingCpuBackend, chunk_rows
+
+MIN_CACHE_SLOTS = 64      # per layer, with a plan: below this the budget is refused
 from .graph import Graph, Op
 
 
@@ -38,16 +46,67 @@ def stream_buffer_bytes(tensors, matrices) -> int:
     return N_SLOTS * (align_up(largest) + ALIGN)
 
 
+def dense_read_bytes(gguf_file, graphs: Mapping[str, Graph], budget: int) -> int:
+    """Bytes dense streaming (no plan) reads per evaluation at `budget`: every matrix that does
+    not fit, plus one row of each table it gathers from disk."""
+    matrices, tables, _ = weight_uses(graphs)
+    tensors = gguf_file.tensors
+    r = plan_residency({n: ref.nbytes for n, ref in tensors.items()}, matrices, tables, budget,
+                       stream_buffer_bytes(tensors, matrices))
+    return (sum(tensors[n].nbytes for n in r.streamed)
+            + sum(row_shape(tensors[n])[1] for n in r.gathered))
+
+
+def min_neuron_bytes(plan) -> int:
+    """The least bundle memory a plan runs with: 2 * MIN_CACHE_SLOTS bundles per layer."""
+    from ..offload.plan_file import bundle_bytes
+
+    return sum(2 * MIN_CACHE_SLOTS * sum(bundle_bytes(layer.up_type, plan.n_embd)) for layer in plan.layers)
+
+
+def neuron_budget(plan, nbytes: int) -> list[tuple[int, int]]:
+    """(pinned bundles, cache slots) per layer for `nbytes` of bundle memory."""
+    from ..offload.plan_file import bundle_bytes
+
+    out = []
+    for layer in plan.layers:
+        size = sum(bundle_bytes(layer.up_type, plan.n_embd))
+        n = nbytes // plan.n_layer // size
+        if n >= plan.n_ff:
+            out.append((plan.n_ff, 0))
+        elif n < 2 * MIN_CACHE_SLOTS:
+            raise ValueError(f"the RAM budget leaves {nbytes / 1e6:.1f} MB for FFN neurons, too few for "
+                             f"{2 * MIN_CACHE_SLOTS} bundles of {size} bytes per layer; give a larger budget")
+        else:
+            out.append((n // 2, n - n // 2))
+    return out
+
+
 def streaming_backend(gguf_file, kv, graphs: Mapping[str, Graph], ram_budget: int | str,
-                      max_tokens: int) -> StreamingCpuBackend:
-    """ram_budget: bytes, or a size as offload.budget.parse_budget reads it ('300MB', '40%')."""
+                      max_tokens: int, plan=None) -> StreamingCpuBackend:
+    """ram_budget: bytes, or a size as offload.budget.parse_budget reads it ('300MB', '40%');
+    plan: an offload.plan_file.OffloadPlan checked against this model, or None (dense)."""
     if not gguf_file.path:
         raise ValueError("a RAM budget streams weights from the model file, so the model must be a file")
     budget = parse_budget(ram_budget, os.path.getsize(gguf_file.path))
     matrices, tables, order = weight_uses(graphs)
     sizes = {name: ref.nbytes for name, ref in gguf_file.tensors.items()}
+    if plan is not None:   # the plan's bundles serve every FFN block's up and down matrices
+        served = {name for g in graphs.values() for b in g.ffn_blocks for name in b.weights[1:]}
+        matrices -= served
+        order = [name for name in order if name not in served]
+        sizes = {name: n for name, n in sizes.items() if name not in served}
     buffers = stream_buffer_bytes(gguf_file.tensors, matrices)
-    residency: Residency = plan_residency(sizes, matrices, tables, budget, buffers)
+    reserve = 0 if plan is None else min_neuron_bytes(plan)   # the neuron cache's minimum
+    residency: Residency = plan_residency(sizes, matrices, tables, budget - reserve, buffers)
     schedule = [name for name in order if name in residency.streamed]
     schedule += [name for name in residency.streamed if name not in schedule]
-    return StreamingCpuBackend(gguf_file.tensors, kv, gguf_file.path, residency, schedule, max_tokens)
+    args = (gguf_file.tensors, kv, gguf_file.path, residency, schedule, max_tokens)
+    if plan is None:
+        backend = StreamingCpuBackend(*args)
+    else:
+        from .backends.cpu_sparse import SparseCpuBackend
+
+        backend = SparseCpuBackend(*args, plan, neuron_budget(plan, budget - residency.resident_bytes))
+    backend.ram_budget = budget
+    return backend

@@ -82,6 +82,14 @@ class StreamingCpuBackend(CpuBackend):
         self.resident_bytes = (sum(a.size for a in self._resident.values())
                                + (self.stream.buffer_bytes if self.stream else 0))
 
+    @property
+    def bytes_read(self) -> int:
+        return self.reader.bytes_read
+
+    @property
+    def read_seconds(self) -> float:
+        return self.reader.seconds
+
     def weight_bytes(self, name: str) -> np.ndarray:
         w = self._resident.get(name)
         if w is None:
