@@ -26,6 +26,7 @@ from .graph import Graph
 from .kv_cache import KVCache
 from .models import get_architecture
 from .thread_governor import ThreadGovernor
+from .thread_safety import kernel_section
 
 
 class ContextFullError(ValueError):
@@ -68,8 +69,9 @@ class Engine:
 
         self.graphs = {"decode": build(1, False), "prefill": build(self.n_batch, False),
                        "prefill_all": build(self.n_batch, True)}
-        self.executor = Executor(self.backend, self.graphs, self.n_batch)
-        self.decode_program: Program = self.executor.program("decode", 1)
+        with kernel_section():  # binding may convert small weights with parallel kernels
+            self.executor = Executor(self.backend, self.graphs, self.n_batch)
+            self.decode_program: Program = self.executor.program("decode", 1)
 
     @classmethod
     def load(cls, path: str | os.PathLike, **kwargs) -> Engine:
@@ -114,25 +116,26 @@ class Engine:
         n = ids.shape[0]
         result = np.empty((n, self.cfg.n_vocab), dtype=np.float32) if all_logits else None
         logits = None
-        for start in range(0, n, self.n_batch):
-            chunk = ids[start:start + self.n_batch]
-            t = chunk.shape[0]
-            if all_logits:
-                prog = self.executor.program("prefill_all", t, out=result[start:start + t])
-            elif t == 1:
-                prog = self.decode_program
-            else:
-                prog = self.executor.program("prefill", t)
-            prog.ids[:] = chunk
-            prog.pos[:] = np.arange(self.kv.n_past, self.kv.n_past + t)
-            if prog is self.decode_program and self.governor:
-                start = time.perf_counter()
-                prog.run()
-                self.governor.record(time.perf_counter() - start)
-            else:
-                prog.run()
-            self.kv.n_past += t
-            logits = prog.logits
+        with kernel_section():  # see thread_safety.py: engines in several threads
+            for start in range(0, n, self.n_batch):
+                chunk = ids[start:start + self.n_batch]
+                t = chunk.shape[0]
+                if all_logits:
+                    prog = self.executor.program("prefill_all", t, out=result[start:start + t])
+                elif t == 1:
+                    prog = self.decode_program
+                else:
+                    prog = self.executor.program("prefill", t)
+                prog.ids[:] = chunk
+                prog.pos[:] = np.arange(self.kv.n_past, self.kv.n_past + t)
+                if prog is self.decode_program and self.governor:
+                    start = time.perf_counter()
+                    prog.run()
+                    self.governor.record(time.perf_counter() - start)
+                else:
+                    prog.run()
+                self.kv.n_past += t
+                logits = prog.logits
         return result if all_logits else logits[0]
 
     def logits(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
