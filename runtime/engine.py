@@ -43,15 +43,15 @@ class Engine:
             if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
                 raise ValueError(f"threads must be 1..{numba.config.NUMBA_NUM_THREADS}, got {threads}")
             numba.set_num_threads(threads)
-        # threads=None: all cores, or one while other processes keep them busy (measured while
-        # decoding, see thread_governor.py); a number fixes the count
+        # threads=None: as many as are faster while other processes use the cores, measured
+        # per phase (prefill, decode) by thread_governor.py; a number fixes the count
         self.governor = (ThreadGovernor(numba.config.NUMBA_NUM_THREADS)
                          if threads is None and backend == "cpu" else None)
         self.gguf = gguf_file
         self.cfg = ModelConfig.from_kv(gguf_file.kv)
         self.n_ctx = n_ctx
         self.n_batch = min(n_batch, n_ctx)
-        self.threads = self.governor.threads if self.governor else numba.get_num_threads()
+        self.threads = self.governor.threads("decode") if self.governor else numba.get_num_threads()
 
         backend_cls = get_backend(backend, device=device, weights=weights)  # see runtime.backends
         # kv_type: the cache's element type, "f16" (llama.cpp's default --cache-type-k/v) or "f32";
@@ -109,10 +109,6 @@ class Engine:
         (an internal buffer, valid until the next call; a device tensor on the torch backend),
         or with `all_logits` a new f32 numpy array (len(ids), n_vocab) of every token's logits."""
         ids = self._check_ids(ids)
-        if self.governor:
-            self.threads = self.governor.threads
-        if numba.get_num_threads() != self.threads:  # the setting is per calling thread in Numba
-            numba.set_num_threads(self.threads)
         n = ids.shape[0]
         result = np.empty((n, self.cfg.n_vocab), dtype=np.float32) if all_logits else None
         logits = None
@@ -128,15 +124,23 @@ class Engine:
                     prog = self.executor.program("prefill", t)
                 prog.ids[:] = chunk
                 prog.pos[:] = np.arange(self.kv.n_past, self.kv.n_past + t)
-                if prog is self.decode_program and self.governor:
-                    start = time.perf_counter()
-                    prog.run()
-                    self.governor.record(time.perf_counter() - start)
-                else:
-                    prog.run()
+                self._run(prog, "decode" if t == 1 else "prefill")
                 self.kv.n_past += t
                 logits = prog.logits
         return result if all_logits else logits[0]
+
+    def _run(self, prog: Program, phase: str) -> None:
+        """Run `prog` on the thread count for `phase`, timing it for the governor if there is one."""
+        if self.governor:
+            self.threads = self.governor.threads(phase)
+        if numba.get_num_threads() != self.threads:  # the setting is per calling thread in Numba
+            numba.set_num_threads(self.threads)
+        if self.governor:
+            start = time.perf_counter()
+            prog.run()
+            self.governor.record(phase, prog.t, time.perf_counter() - start)
+        else:
+            prog.run()
 
     def logits(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Every position's logits for `ids` from an empty cache: f32 (len(ids), n_vocab)."""
