@@ -110,9 +110,8 @@ def describe_settings(options: dict) -> str:
 
 
 def load_model(model: str, n_ctx: int, args: argparse.Namespace):
-    """Load a model (path or catalog name, pulled on first use) with the runtime flags, warm its
-    kernels up (saying so on stderr if that takes a while, unless args.quiet), then give back
-    the compiler's pages (runtime/memory.py)."""
+    """Load a model (path or catalog name, pulled on first use) with the runtime flags and warm
+    its kernels up (saying so on stderr if that takes a while, unless args.quiet)."""
     from .model import Model
 
     if n_ctx is None or n_ctx < 1:
@@ -120,13 +119,11 @@ def load_model(model: str, n_ctx: int, args: argparse.Namespace):
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     from .compile_notice import notice_if_slow
-    from .memory import release_compiler_pages
 
     loaded = Model.load(model, n_ctx=n_ctx, threads=args.threads, backend=args.backend, device=args.device)
     # the first run on a machine compiles the kernels: say so unless asked to be quiet
     with nullcontext() if getattr(args, "quiet", False) else notice_if_slow():
         loaded.engine.warm_up()
-    release_compiler_pages()
     return loaded
 
 
