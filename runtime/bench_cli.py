@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
-
 from dataclasses import replace
+from pathlib import Path
 
 from .bench import BenchResult, LoadOptions, bench_engine, require_llama_cpp
 from .cli_common import add_runtime_args
@@ -83,16 +82,16 @@ def format_table(model: str, size_mib: float, results: list[tuple[str, BenchResu
     return "\n".join([line(header), rule, *(line(r) for r in rows)])
 
 
-def _mib(x: float | None) -> str:
-    return "-" if x is None else f"{x:.0f} MiB"
+def _mib(x: float | None, sign: str = "") -> str:
+    return "-" if x is None else f"{x:{sign}.0f} MiB"
 
 
 def format_memory(r: BenchResult) -> str:
     """Private and file-backed memory after the run (and what this engine added), the peak."""
     if r.memory is None:
         return "memory not reported on this OS"
-    return (f"private (anon) {_mib(r.memory.anon_mib)} (+{_mib(r.growth('anon_mib'))}), "
-            f"file pages {_mib(r.memory.file_mib)} (+{_mib(r.growth('file_mib'))}), "
+    return (f"private (anon) {_mib(r.memory.anon_mib)} ({_mib(r.growth('anon_mib'), '+')}), "
+            f"file pages {_mib(r.memory.file_mib)} ({_mib(r.growth('file_mib'), '+')}), "
             f"peak {_mib(r.memory.peak_mib)}")
 
 
