@@ -30,11 +30,12 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES
-from llvmlite import binding as llvm_binding, ir
+from llvmlite import ir
 from numba import literally, njit, prange, types
-from numba.core import cgutils, config
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from . import cpu_features
 from .kquants import (QK_K, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, block_bytes, f16_at,
                       quantize_q8_k_parts, table_entry)
 from .kquants_dot import check_dot_shapes
@@ -42,14 +43,10 @@ from .kquants_dot import check_dot_shapes
 # ---- vector IR building blocks ------------------------------------------------------------
 
 _I8, _I16, _I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
-# The AVX2 instructions are named only when Numba compiles for this host (NUMBA_CPU_NAME and
-# NUMBA_CPU_FEATURES unset); a cache is tied to the CPU it was built on, so the choice is fixed
-# per cache.
-_HOST_FEATURES = (llvm_binding.get_host_cpu_features()
-                  if config.CPU_NAME is None and config.CPU_FEATURES is None else {})
-X86_AVX2 = bool(_HOST_FEATURES.get("avx2", False))
+# The AVX2 instructions are named only when Numba compiles for this host (cpu_features.py).
+X86_AVX2 = cpu_features.has("avx2")
 # AVX-512 VNNI on 256-bit vectors (vpdpbusd ymm): the matmul tiles' byte dot products.
-X86_VNNI = all(bool(_HOST_FEATURES.get(f, False)) for f in ("avx512vnni", "avx512vl", "avx512bw"))
+X86_VNNI = cpu_features.has("avx512vnni", "avx512vl", "avx512bw")
 
 
 def _vec(t, n):

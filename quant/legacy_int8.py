@@ -42,6 +42,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
+from . import cpu_features
 from .float_bits import nearest_int, round_to_f16
 from . import kquants  # noqa: F401  (first: kquants imports kquants_int8 back at its end)
 from . import kquants_int8 as _k8
@@ -150,11 +151,11 @@ _V8F = _vec(_F32, 8)
 _V8I = _vec(_I32, 8)
 _INTP = _I64 = ir.IntType(64)
 
-# Named x86 instructions only when Numba compiles for this host (kquants_int8 detects them once);
-# the VNNI path also relies on AVX-512BW (a block's 32 high bits of Q5 as one mask register),
-# which X86_VNNI includes. Tests switch paths by patching this module's names.
+# Named x86 instructions only when Numba compiles for this host (cpu_features.py); the VNNI
+# path also relies on AVX-512BW (a block's 32 high bits of Q5 as one mask register), which
+# X86_VNNI includes. Tests switch paths by patching this module's names.
 X86_VNNI = _k8.X86_VNNI
-X86_F16C = bool(_k8._HOST_FEATURES.get("f16c", False))
+X86_F16C = cpu_features.has("f16c")
 
 
 def _i8(v):

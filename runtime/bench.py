@@ -5,7 +5,7 @@ The one protocol shared by `lantern bench` and the scripts in benchmarks/ (llama
 - pp (prefill): one `eval` of p token ids from an empty cache;
 - tg (decode): n single-token `eval`s from an empty cache;
 - a warm-up of both first (Numba compiles on first use), not counted, after which a runner may
-  settle (`after_warm_up`: ours gives back the compiler's pages, as the CLI does);
+  settle (`after_warm_up`: ours starts counting the thread counts it uses again);
 - r repetitions of each, reported as tokens/s mean, std and best.
 
 Tokenization and sampling are outside the measurement: the ids are fixed (seeded random ids in
@@ -14,13 +14,15 @@ streamed from disk) tg is instead greedy generation after a prose prompt, so tha
 tokens can be verified, and an `offload` report adds the I/O figures per generated token. An engine is measured
 through a `Runner`: anything with `reset()` (empty the cache) and `eval(ids)` (append ids and
 run them, returning once the work is done). RUNNERS maps an engine's name to its loader.
+
+Memory is read from /proc/self/status the same way for every engine, private (anon) and
+file-backed pages apart (see `Memory`); both engines run in this process, so each one's figures
+are the process's after its run, and the growth from just before its load.
 """
 from __future__ import annotations
 
-import os
-import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
@@ -133,24 +135,48 @@ def measure(runner: Runner, prompt_ids: np.ndarray, gen_ids: np.ndarray, repetit
 
 # ---- memory ---------------------------------------------------------------------------------
 
-def peak_rss_mb() -> float | None:
-    """This process's peak resident set size in MiB (None where the OS does not say)."""
-    try:
-        import resource
-    except ImportError:
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+@dataclass(frozen=True)
+class Memory:
+    """A process's resident memory in MiB (Linux: /proc/self/status), measured the same way for
+    every engine, in two kinds that mean different things:
+
+    - anon (RssAnon): private memory -- heap, arrays, the KV cache, compiled code. Only swap
+      could take it away: it is what running the model costs.
+    - file (RssFile): resident pages of mapped files -- the model file, shared libraries. They
+      are clean copies of files, which the OS drops when memory runs short and reads back on use.
+    - peak (VmHWM): the largest total (anon + file + shmem) since the peak was last reset.
+    """
+    anon_mib: float
+    file_mib: float
+    peak_mib: float | None
 
 
-def current_rss_mb() -> float | None:
-    """This process's resident set size now in MiB (Linux /proc; None elsewhere)."""
+_STATUS_FIELDS = {"RssAnon": "anon_mib", "RssFile": "file_mib", "VmHWM": "peak_mib"}
+
+
+def read_memory(status_path: str = "/proc/self/status") -> Memory | None:
+    """This process's Memory now, or None where the OS does not report it (not Linux)."""
+    values = {}
     try:
-        with open("/proc/self/statm") as f:
-            pages = int(f.read().split()[1])
+        with open(status_path, encoding="utf-8", errors="replace") as status:
+            for line in status:
+                key, _, rest = line.partition(":")
+                if key in _STATUS_FIELDS:
+                    values[_STATUS_FIELDS[key]] = int(rest.split()[0]) / 1024  # kB
     except (OSError, ValueError, IndexError):
         return None
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return Memory(**values) if len(values) == len(_STATUS_FIELDS) else None
+
+
+def reset_peak() -> bool:
+    """Start the peak (VmHWM) again from the current total (Linux 4.0+), so that the next
+    engine's peak is its own; False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
 
 
 # ---- engines --------------------------------------------------------------------------------
@@ -175,10 +201,14 @@ class LanternRunner:
         return int(self.engine.eval(ids).argmax())
 
     def after_warm_up(self) -> None:
-        """What `lantern chat` and `run` do once the kernels are loaded (runtime/memory.py)."""
-        from .memory import release_compiler_pages
+        """Count thread use from here on: the repetitions, not the warm-up."""
+        if self.engine.governor:
+            self.engine.governor.clear_usage()
 
-        release_compiler_pages()
+    def threads_used(self) -> dict[str, dict[int, int]] | None:
+        """With threads=None: per phase, the tokens run on each thread count (thread_governor.py)."""
+        governor = self.engine.governor
+        return {phase: dict(counts) for phase, counts in governor.usage.items()} if governor else None
 
 
 class LlamaCppRunner:
@@ -197,7 +227,7 @@ class LlamaCppRunner:
 
 @dataclass(frozen=True)
 class LoadOptions:
-    threads: int
+    threads: int | None       # None: the engine's own default (ours: chosen as it runs)
     n_ctx: int
     n_batch: int
     backend: str = "cpu"
@@ -250,16 +280,32 @@ class BenchResult:
     pp: Throughput
     tg: Throughput
     load_s: float
-    rss_mb: float | None          # current RSS after the run
-    peak_rss_mb: float | None
-    rss_delta_mb: float | None    # RSS growth from before the load to after the run
-    offload: dict | None = None   # under a RAM budget: offload_report()
+    threads: int | None                  # None: chosen while running, see threads_used
+    memory: Memory | None                # after the run; its peak is this engine's own
+    memory_before: Memory | None         # just before the load
+    threads_used: dict[str, dict[int, int]] | None = None
+    offload: dict | None = None          # under a RAM budget: offload_report()
+
+    def growth(self, field: str) -> float | None:
+        """MiB of `field` ("anon_mib", "file_mib") added from before the load to after the run."""
+        if self.memory is None or self.memory_before is None:
+            return None
+        return getattr(self.memory, field) - getattr(self.memory_before, field)
 
     def as_dict(self) -> dict:
-        return {**({"offload": self.offload} if self.offload is not None else {}),"pp_tps": self.pp.mean, "pp_std": self.pp.std, "pp_best": self.pp.best,
+        memory = {}
+        if self.memory is not None:
+            memory = {"anon_mib": self.memory.anon_mib, "file_mib": self.memory.file_mib,
+                      "peak_mib": self.memory.peak_mib, "anon_growth_mib": self.growth("anon_mib"),
+                      "file_growth_mib": self.growth("file_mib")}
+        used = self.threads_used and {phase: {str(n): tokens for n, tokens in counts.items()}
+                                      for phase, counts in self.threads_used.items()}
+        return {**({"offload": self.offload} if self.offload is not None else {}),
+                "threads": self.threads if self.threads is not None else "auto",
+                "pp_tps": self.pp.mean, "pp_std": self.pp.std, "pp_best": self.pp.best,
                 "tg_tps": self.tg.mean, "tg_std": self.tg.std, "tg_best": self.tg.best,
-                "load_s": self.load_s, "rss_mb": self.rss_mb, "peak_rss_mb": self.peak_rss_mb,
-                "rss_delta_mb": self.rss_delta_mb, "pp": self.pp.as_dict(), "tg": self.tg.as_dict()}
+                "load_s": self.load_s, "memory": memory or None, "threads_used": used,
+                "pp": self.pp.as_dict(), "tg": self.tg.as_dict()}
 
 
 def bench_engine(engine: str, path, opts: LoadOptions, n_prompt: int, n_gen: int, repetitions: int,
@@ -267,7 +313,8 @@ def bench_engine(engine: str, path, opts: LoadOptions, n_prompt: int, n_gen: int
                  vocab_check: int | None = None) -> BenchResult:
     """Load `engine` (a RUNNERS name) on `path` and measure it. With `vocab_check`, the
     engine must see that vocabulary size (the same ids must mean the same for both engines)."""
-    rss_before = current_rss_mb()
+    peak_is_own = reset_peak()
+    memory_before = read_memory()
     progress(f"{engine}: loading")
     runner, load_s = RUNNERS[engine](path, opts)
     if vocab_check is not None and runner.n_vocab != vocab_check:
@@ -278,9 +325,11 @@ def bench_engine(engine: str, path, opts: LoadOptions, n_prompt: int, n_gen: int
     pp, tg = measure(runner, prompt_ids, gen_ids, repetitions, progress=lambda m: progress(f"{engine}: {m}"),
                      greedy_prompt=greedy_prompt)
     offload = offload_report(runner, greedy_prompt, n_gen) if streamed else None
-    rss = current_rss_mb()
-    delta = rss - rss_before if rss is not None and rss_before is not None else None
-    return BenchResult(engine, runner.n_vocab, pp, tg, load_s, rss, peak_rss_mb(), delta, offload)
+    memory = read_memory()
+    if memory is not None and not peak_is_own:  # the process's peak, which may be another engine's
+        memory = replace(memory, peak_mib=None)
+    return BenchResult(engine, runner.n_vocab, pp, tg, load_s, opts.threads, memory, memory_before,
+                       getattr(runner, "threads_used", lambda: None)(), offload)
 
 
 # ---- offload ----------------------------------------------------------------------------------
@@ -320,7 +369,7 @@ def offload_report(runner: LanternRunner, greedy_prompt: Sequence[int], n_gen: i
             "read_gbps": read / read_s / 1e9 if read_s > 0 else None}
 
 
-__all__ = ["Runner", "Throughput", "time_prefill", "time_decode", "time_greedy", "bench_ids", "measure",
-           "prose_prompt", "offload_report", "peak_rss_mb",
-           "current_rss_mb", "LanternRunner", "LlamaCppRunner", "LoadOptions", "RUNNERS", "BenchResult",
+__all__ = ["Runner", "Throughput", "time_prefill", "time_decode", "time_greedy", "bench_ids", "measure", "Memory",
+           "read_memory", "reset_peak", "prose_prompt", "offload_report", "LanternRunner", "LlamaCppRunner",
+           "LoadOptions", "RUNNERS", "BenchResult",
            "bench_engine", "require_llama_cpp"]

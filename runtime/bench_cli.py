@@ -4,8 +4,11 @@
 
 pp: one eval of p tokens from an empty cache; tg: n one-token evals from an empty cache;
 tokens/s as mean +- std over r repetitions after a warm-up (see runtime.bench). Also the
-load time (Engine.load, in this process) and memory. With --vs-llama-cpp, llama.cpp runs the
-same file through llama-cpp-python (if importable) with the same protocol and ids, and the
+load time (Engine.load, in this process) and memory: private (anon) and file-backed pages
+apart, read the same way for each engine. Without -t, lantern runs as it does by default
+(threads=None: the thread count chosen while it runs, and how many tokens ran on each count
+is printed) and llama.cpp on every core; -t N fixes both. With --vs-llama-cpp, llama.cpp runs
+the same file through llama-cpp-python (if importable) with the same protocol and ids, and the
 ratios ours / llama.cpp are printed. A table (or JSON with --json) goes to stdout; progress
 to stderr.
 """
@@ -13,10 +16,12 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from .bench import PROSE_PROMPT_TOKENS, BenchResult, LoadOptions, bench_engine, require_llama_cpp
 from .cli_common import add_runtime_args, offload_plan_option
+
 
 def configure_parser(p) -> None:
     p.add_argument("model", help="GGUF path or catalog name")
@@ -31,13 +36,9 @@ def configure_parser(p) -> None:
 
 
 def _check(args) -> None:
-    if args.threads is None:        # the shared flag's default: every core Numba sees, for both engines
-        import numba
-
-        args.threads = numba.config.NUMBA_NUM_THREADS
     for flag, value in (("-p", args.n_prompt), ("-n", args.n_gen), ("-r", args.repetitions),
                         ("--threads", args.threads)):
-        if value < 1:
+        if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     prompt = max(args.n_prompt, PROSE_PROMPT_TOKENS) if args.ram_budget is not None else args.n_prompt
     if args.ctx is not None and args.ctx < prompt + args.n_gen:
@@ -61,13 +62,15 @@ def ratios(ours: BenchResult, theirs: BenchResult) -> dict:
             "load": _ratio(ours.load_s, theirs.load_s)}
 
 
-def format_table(model: str, size_mib: float, threads: int, results: list[tuple[str, BenchResult]]) -> str:
-    """llama-bench's markdown table: one row per (backend, test)."""
+def format_table(model: str, size_mib: float, results: list[tuple[str, BenchResult]]) -> str:
+    """llama-bench's markdown table: one row per (backend, test); threads "auto" where the
+    engine chose them as it ran."""
     header = ["model", "size", "backend", "threads", "test", "t/s", "best t/s"]
     rows = []
     for backend, res in results:
+        threads = "auto" if res.threads is None else str(res.threads)
         for test, tp in (("pp", res.pp), ("tg", res.tg)):
-            rows.append([model, f"{size_mib:.2f} MiB", backend, str(threads), f"{test}{tp.tokens}",
+            rows.append([model, f"{size_mib:.2f} MiB", backend, threads, f"{test}{tp.tokens}",
                          f"{tp.mean:.2f} ± {tp.std:.2f}", f"{tp.best:.2f}"])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     right = {3, 5, 6}
@@ -80,8 +83,23 @@ def format_table(model: str, size_mib: float, threads: int, results: list[tuple[
     return "\n".join([line(header), rule, *(line(r) for r in rows)])
 
 
-def _mb(x: float | None) -> str:
-    return "-" if x is None else f"{x:.0f} MB"
+def _mib(x: float | None, sign: str = "") -> str:
+    return "-" if x is None else f"{x:{sign}.0f} MiB"
+
+
+def format_memory(r: BenchResult) -> str:
+    """Private and file-backed memory after the run (and what this engine added), the peak."""
+    if r.memory is None:
+        return "memory not reported on this OS"
+    return (f"private (anon) {_mib(r.memory.anon_mib)} ({_mib(r.growth('anon_mib'), '+')}), "
+            f"file pages {_mib(r.memory.file_mib)} ({_mib(r.growth('file_mib'), '+')}), "
+            f"peak {_mib(r.memory.peak_mib)}")
+
+
+def format_threads_used(used: dict[str, dict[int, int]]) -> str:
+    """'prefill 2: 384, 1: 0 tokens; decode ...' for the thread counts an engine chose."""
+    return "; ".join(f"{phase} " + ", ".join(f"{n}: {tokens}" for n, tokens in counts.items()) + " tokens"
+                     for phase, counts in used.items())
 
 
 def format_offload(name: str, off: dict) -> str:
@@ -97,8 +115,11 @@ def format_offload(name: str, off: dict) -> str:
 
 
 def format_summary(results: list[tuple[str, BenchResult]], ratio: dict | None) -> str:
-    out = [f"{name}: load {r.load_s:.3f} s, rss {_mb(r.rss_mb)} (+{_mb(r.rss_delta_mb)} for this engine), "
-           f"peak rss {_mb(r.peak_rss_mb)}" for name, r in results]
+    out = []
+    for name, r in results:
+        out.append(f"{name}: load {r.load_s:.3f} s, {format_memory(r)}")
+        if r.threads_used:
+            out.append(f"{name}: threads chosen per phase, {format_threads_used(r.threads_used)}")
     out += [format_offload(name, r.offload) for name, r in results if r.offload]
     if ratio:
         fmt = lambda x: "-" if x is None else f"{x:.2f}x"  # noqa: E731
@@ -108,6 +129,8 @@ def format_summary(results: list[tuple[str, BenchResult]], ratio: dict | None) -
 
 
 def main(args) -> int:
+    import numba
+
     from ..formats.catalog import resolve
 
     _check(args)
@@ -118,6 +141,8 @@ def main(args) -> int:
     opts = LoadOptions(threads=args.threads, n_ctx=n_ctx, n_batch=args.n_prompt,
                        backend=args.backend, device=args.device, ram_budget=args.ram_budget,
                        offload_plan=offload_plan_option(args))
+    # llama.cpp has no automatic choice: every core Numba sees, unless -t fixes both engines
+    llama_opts = replace(opts, threads=args.threads or numba.config.NUMBA_NUM_THREADS)
     if args.vs_llama_cpp:
         require_llama_cpp()         # fail before the long part when llama-cpp-python is missing
 
@@ -125,12 +150,12 @@ def main(args) -> int:
                    progress=_progress)
     ours = bench_engine("lantern", path, opts, **protocol)
     results = [(f"lantern {args.backend}", ours)]
-    report = {"model": str(args.model), "path": str(path), "backend": args.backend, "threads": args.threads,
+    report = {"model": str(args.model), "path": str(path), "backend": args.backend,
               "n_prompt": args.n_prompt, "n_gen": args.n_gen, "repetitions": args.repetitions,
               "n_ctx": n_ctx, **ours.as_dict()}
     ratio = None
     if args.vs_llama_cpp:
-        theirs = bench_engine("llama.cpp", path, opts, vocab_check=ours.n_vocab, **protocol)
+        theirs = bench_engine("llama.cpp", path, llama_opts, vocab_check=ours.n_vocab, **protocol)
         results.append(("llama.cpp cpu", theirs))
         ratio = ratios(ours, theirs)
         report["llama_cpp"] = theirs.as_dict()
@@ -140,7 +165,7 @@ def main(args) -> int:
         print(json.dumps(report, indent=2))
     else:
         size_mib = path.stat().st_size / 2**20
-        print(format_table(path.stem if Path(args.model).exists() else args.model, size_mib, args.threads, results))
+        print(format_table(path.stem if Path(args.model).exists() else args.model, size_mib, results))
         print()
         print(format_summary(results, ratio))
     return 0

@@ -158,9 +158,8 @@ def offload_plan_option(args: argparse.Namespace):
 
 
 def load_model(model: str, n_ctx: int, args: argparse.Namespace):
-    """Load a model (path or catalog name, pulled on first use) with the runtime flags, warm its
-    kernels up (saying so on stderr when that compiles them, unless args.quiet), then give back
-    the compiler's pages (runtime/memory.py)."""
+    """Load a model (path or catalog name, pulled on first use) with the runtime flags and warm
+    its kernels up (saying so on stderr when that compiles them, unless args.quiet)."""
     from .model import Model
 
     if n_ctx is None or n_ctx < 1:
@@ -168,14 +167,12 @@ def load_model(model: str, n_ctx: int, args: argparse.Namespace):
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     from .compile_notice import notice_if_compiling
-    from .memory import release_compiler_pages
 
     # the first run on a machine compiles the kernels: say so unless asked to be quiet
     with nullcontext() if getattr(args, "quiet", False) else notice_if_compiling():
         loaded = Model.load(model, n_ctx=n_ctx, threads=args.threads, backend=args.backend, device=args.device,
                             ram_budget=args.ram_budget, offload_plan=offload_plan_option(args))
         loaded.engine.warm_up()
-    release_compiler_pages()
     return loaded
 
 

@@ -37,6 +37,7 @@ from .kv_cache import KVCache
 from .memory_limits import ensure_available
 from .models import get_architecture
 from .thread_governor import ThreadGovernor
+from .thread_safety import kernel_section
 
 
 class ContextFullError(ValueError):
@@ -58,15 +59,15 @@ class Engine:
             if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
                 raise ValueError(f"threads must be 1..{numba.config.NUMBA_NUM_THREADS}, got {threads}")
             numba.set_num_threads(threads)
-        # threads=None: all cores, or one while other processes keep them busy (measured while
-        # decoding, see thread_governor.py); a number fixes the count
+        # threads=None: as many as are faster while other processes use the cores, measured
+        # per phase (prefill, decode) by thread_governor.py; a number fixes the count
         self.governor = (ThreadGovernor(numba.config.NUMBA_NUM_THREADS)
                          if threads is None and backend == "cpu" else None)
         self.gguf = gguf_file
         self.cfg = ModelConfig.from_kv(gguf_file.kv)
         self.n_ctx = n_ctx
         self.n_batch = min(n_batch, n_ctx)
-        self.threads = self.governor.threads if self.governor else numba.get_num_threads()
+        self.threads = self.governor.threads("decode") if self.governor else numba.get_num_threads()
 
         self._arch = get_architecture(self.cfg.arch)
         self._shapes = {name: tuple(int(d) for d in ref.shape) for name, ref in gguf_file.tensors.items()}
@@ -90,9 +91,10 @@ class Engine:
             from .weight_residency import streaming_backend
             self.backend = streaming_backend(gguf_file, self.kv, graphs, ram_budget, self.n_batch,
                                              plan=self._offload_plan(offload_plan))
-        self.executor = Executor(self.backend, graphs, self.n_batch)
-        self.graphs = self.executor.graphs
-        self.decode_program: Program = self.executor.program("decode", 1)
+        with kernel_section():  # binding may convert small weights with parallel kernels
+            self.executor = Executor(self.backend, graphs, self.n_batch)
+            self.graphs = self.executor.graphs
+            self.decode_program: Program = self.executor.program("decode", 1)
 
     def _offload_plan(self, offload_plan):
         """The plan to serve the FFN with: a path, None (MODEL.offload.gguf beside the model if
@@ -179,10 +181,6 @@ class Engine:
         """Evaluate `ids` in chunks of n_batch; with `every_row` (the key of an every-row graph)
         collect that graph's output for every token, else return the last token's logits."""
         ids = self._check_ids(ids)
-        if self.governor:
-            self.threads = self.governor.threads
-        if numba.get_num_threads() != self.threads:  # the setting is per calling thread in Numba
-            numba.set_num_threads(self.threads)
         n = ids.shape[0]
         result = (np.empty((n, self.graphs[every_row].output.width), dtype=np.float32)
                   if every_row else None)

@@ -1,7 +1,9 @@
 """`lantern bench`: the measured work is exactly llama-bench's protocol (a warm-up, then per
 repetition one p-token eval and n one-token evals, each from an empty cache, on the same seeded
 ids), the JSON carries consistent figures, --vs-llama-cpp feeds llama.cpp the same ids with the
-same settings, and a missing llama-cpp-python is one error line. Nothing asserts on speed."""
+same settings, and a missing llama-cpp-python is one error line. Memory is read the same way for
+both engines, private and file-backed pages apart; without -t, lantern runs its default thread
+choice and says what it chose. Nothing asserts on speed."""
 import json
 import math
 import sys
@@ -53,7 +55,10 @@ def check_figures(d, n_prompt, n_gen, reps):
         assert d[f"{test}_std"] == pytest.approx(np.std(per_rep, ddof=1))
         assert d[f"{test}_best"] == pytest.approx(max(per_rep))
     assert d["load_s"] > 0 and math.isfinite(d["load_s"])
-    assert d["rss_mb"] > 0 and d["peak_rss_mb"] > 0
+    mem = d["memory"]
+    assert set(mem) == {"anon_mib", "file_mib", "peak_mib", "anon_growth_mib", "file_growth_mib"}
+    assert mem["anon_mib"] > 0 and mem["file_mib"] > 0 and mem["peak_mib"] > 0
+    assert mem["anon_growth_mib"] <= mem["anon_mib"] and mem["file_growth_mib"] <= mem["file_mib"]
 
 
 def test_json_figures_and_the_work_measured(smollm2_path, engine_calls, capsys):
@@ -74,7 +79,7 @@ def test_table_rows(smollm2_path, capsys):
     assert rc == 0, err
     rows = [line for line in out.splitlines() if line.startswith("| ") and "lantern cpu" in line]
     assert [r.split("|")[5].strip() for r in rows] == [f"pp{P}", f"tg{N}"]
-    assert "load" in out and "peak rss" in out
+    assert "load" in out and "private (anon)" in out and "file pages" in out and "peak" in out
 
 
 class FakeLlama:
@@ -189,3 +194,47 @@ def test_ram_budget_adds_an_offload_report_with_greedy_decode(smollm2_path, engi
     assert spans + sum(rows) <= off["read_bytes_per_token"] <= spans + sum(r + 2 * 4096 for r in rows)
     assert off["cache_hit_rate"] is None and off["predictor_recall"] is None
     assert off["read_gbps"] > 0
+
+
+def test_memory_read_from_proc_status(tmp_path):
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmHWM:\t  409600 kB\nVmRSS:\t  307200 kB\n"
+                      "RssAnon:\t  102400 kB\nRssFile:\t  204800 kB\nRssShmem:\t       0 kB\n")
+    assert bench.read_memory(str(status)) == bench.Memory(anon_mib=100.0, file_mib=200.0, peak_mib=400.0)
+    status.write_text("Name:\tpython\n")            # not all fields: not reported rather than wrong
+    assert bench.read_memory(str(status)) is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+def test_each_engine_reports_its_own_peak(smollm2_path, capsys):
+    """A peak reached before the engine loaded is not its peak (the process-wide maximum was)."""
+    big = np.ones(600 * 2**20 // 8)                 # 600 MiB, touched
+    del big
+    high_water = bench.read_memory().peak_mib
+    rc, out, err = run_bench(capsys, smollm2_path, *SMALL, "--json")
+    assert rc == 0, err
+    assert json.loads(out)["memory"]["peak_mib"] < high_water - 300
+
+
+def test_default_threads_are_lantern_s_own_choice(smollm2_path, monkeypatch, capsys):
+    """Without -t: lantern as it runs by default (threads=None), its choice counted per phase over
+    the measured repetitions; llama.cpp gets every core, as -t would give both."""
+    import numba
+
+    FakeLlama.instances.clear()
+    monkeypatch.setitem(sys.modules, "llama_cpp", types.SimpleNamespace(Llama=FakeLlama))
+    argv = [a for a in SMALL if a not in ("-t", 1)]
+    rc, out, err = run_bench(capsys, smollm2_path, *argv, "--json", "--vs-llama-cpp")
+    assert rc == 0, err
+    d = json.loads(out)
+    assert d["threads"] == "auto" and d["llama_cpp"]["threads"] == numba.config.NUMBA_NUM_THREADS
+    (llm,) = FakeLlama.instances
+    assert llm.kwargs["n_threads"] == llm.kwargs["n_threads_batch"] == numba.config.NUMBA_NUM_THREADS
+    used = d["threads_used"]
+    assert sum(used["prefill"].values()) == P * R and sum(used["decode"].values()) == N * R
+    assert set(d["llama_cpp"]["memory"]) == set(d["memory"])   # the same figures for both
+    rc, out, err = run_bench(capsys, smollm2_path, *argv)
+    assert rc == 0, err
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| ") and "lantern cpu" in line]
+    assert [r[4].strip() for r in rows] == ["auto", "auto"]
+    assert "threads chosen per phase, prefill" in out

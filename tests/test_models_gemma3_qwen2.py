@@ -1,9 +1,11 @@
 """Gemma 3 270M and Qwen2.5-Coder 0.5B against llama.cpp's logits (tests/data/reference_*.json,
 made by tests/data/make_runtime_fixtures.py).
 
-As for SmolLM2 (see test_fidelity_smollm2.py), llama.cpp rounds matmul inputs to 8 bits and we
-do not, so logits are compared within a tolerance and greedy choices must agree wherever
-llama.cpp's own top-2 margin is not a near-tie.
+As for SmolLM2 (see test_fidelity_smollm2.py), the matmuls quantize their inputs to 8-bit blocks
+(Q8_0/Q8_1/Q8_K) as llama.cpp does, and the KV cache is f16 as in llama.cpp; what differs is
+summation order (SIMD lanes, threads, batch against one token at a time), by which llama.cpp
+also differs from itself. So logits are compared within a tolerance and greedy choices must
+agree wherever llama.cpp's own top-2 margin is not a near-tie.
 """
 import json
 from pathlib import Path
