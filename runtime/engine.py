@@ -44,6 +44,15 @@ class ContextFullError(ValueError):
     """The tokens would not fit in the context window (n_ctx)."""
 
 
+class AutomaticBudgetWarning(UserWarning):
+    """The model does not fit in the memory available: a RAM budget was chosen for it."""
+
+
+# What a budget chosen automatically leaves for everything but the weights and the KV cache:
+# the interpreter, numpy, Numba and its compiled kernels, the arena and the streaming buffers.
+AUTO_BUDGET_HEADROOM = 256 << 20
+
+
 class ContextBeyondTrainingWarning(UserWarning):
     """n_ctx is longer than the context the model was trained on (`<arch>.context_length`)."""
 
@@ -82,6 +91,8 @@ class Engine:
         # a backend without `kv_dtype` keeps its cache in its own float type
         kv_dtype = backend_cls.kv_dtype(kv_type) if hasattr(backend_cls, "kv_dtype") else np.float32
         self._check_context(n_ctx, backend_cls, kv_dtype)
+        if ram_budget is None and backend_class is None and backend == "cpu" and gguf_file.path:
+            ram_budget = self._automatic_budget(KVCache.nbytes_for(self.cfg, n_ctx, kv_dtype))
         self.kv = KVCache.for_config(self.cfg, n_ctx, zeros=backend_cls.zeros, dtype=kv_dtype)
         if ram_budget is None:
             self.backend = backend_cls(gguf_file.tensors, self.kv)
@@ -95,6 +106,27 @@ class Engine:
             self.executor = Executor(self.backend, graphs, self.n_batch)
             self.graphs = self.executor.graphs
             self.decode_program: Program = self.executor.program("decode", 1)
+
+    def _automatic_budget(self, kv_bytes: int) -> int | None:
+        """None when the model file fits in the memory available (MemAvailable, or a cgroup's
+        limit: a container, a memory-capped service) next to its KV cache and the runtime; else
+        the bytes of weights that do fit, said in a warning, so the rest streams from disk
+        instead of thrashing the page cache."""
+        from .memory_limits import available_memory, format_bytes
+
+        available = available_memory()
+        file_bytes = os.path.getsize(self.gguf.path)
+        if available is None:
+            return None
+        budget = available.bytes - kv_bytes - AUTO_BUDGET_HEADROOM
+        if file_bytes <= budget:
+            return None
+        budget = max(budget, 0)
+        warnings.warn(f"{os.path.basename(self.gguf.path)} ({format_bytes(file_bytes)}) does not fit in the "
+                      f"{format_bytes(available.bytes)} of memory available ({available.source}): keeping "
+                      f"{format_bytes(budget)} of its weights in RAM and streaming the rest from disk "
+                      f"(--ram-budget / ram_budget= sets this)", AutomaticBudgetWarning, stacklevel=3)
+        return budget
 
     def _offload_plan(self, offload_plan):
         """The plan to serve the FFN with: a path, None (MODEL.offload.gguf beside the model if
@@ -162,7 +194,7 @@ class Engine:
         """Append `ids` at positions n_past.. and return the last token's logits, f32 (n_vocab,)
         (an internal buffer, valid until the next call; a device tensor on the torch backend),
         or with `all_logits` a new f32 numpy array (len(ids), n_vocab) of every token's logits."""
-        return self._run(ids, "prefill_all" if all_logits else None)
+        return self._evaluate(ids, "prefill_all" if all_logits else None)
 
     def logits(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Every position's logits for `ids` from an empty cache: f32 (len(ids), n_vocab)."""
@@ -175,9 +207,9 @@ class Engine:
         if "embed" not in self.graphs:     # most sessions never embed: no graph for it at load
             self.executor.add("embed", self._build(self.n_batch, embeddings=True))
         self.reset()
-        return self._run(ids, "embed")
+        return self._evaluate(ids, "embed")
 
-    def _run(self, ids, every_row: str | None) -> np.ndarray:
+    def _evaluate(self, ids, every_row: str | None) -> np.ndarray:
         """Evaluate `ids` in chunks of n_batch; with `every_row` (the key of an every-row graph)
         collect that graph's output for every token, else return the last token's logits."""
         ids = self._check_ids(ids)
@@ -185,26 +217,35 @@ class Engine:
         result = (np.empty((n, self.graphs[every_row].output.width), dtype=np.float32)
                   if every_row else None)
         logits = None
-        for start in range(0, n, self.n_batch):
-            chunk = ids[start:start + self.n_batch]
-            t = chunk.shape[0]
-            if every_row:
-                prog = self.executor.program(every_row, t, out=result[start:start + t])
-            elif t == 1:
-                prog = self.decode_program
-            else:
-                prog = self.executor.program("prefill", t)
-            prog.ids[:] = chunk
-            prog.pos[:] = np.arange(self.kv.n_past, self.kv.n_past + t)
-            if prog is self.decode_program and self.governor:
-                start = time.perf_counter()
-                prog.run()
-                self.governor.record(time.perf_counter() - start)
-            else:
-                prog.run()
-            self.kv.n_past += t
-            logits = prog.logits
+        with kernel_section():  # see thread_safety.py: engines in several threads
+            for start in range(0, n, self.n_batch):
+                chunk = ids[start:start + self.n_batch]
+                t = chunk.shape[0]
+                if every_row:
+                    prog = self.executor.program(every_row, t, out=result[start:start + t])
+                elif t == 1:
+                    prog = self.decode_program
+                else:
+                    prog = self.executor.program("prefill", t)
+                prog.ids[:] = chunk
+                prog.pos[:] = np.arange(self.kv.n_past, self.kv.n_past + t)
+                self._run(prog, "decode" if t == 1 else "prefill")
+                self.kv.n_past += t
+                logits = prog.logits
         return result if every_row else logits[0]
+
+    def _run(self, prog: Program, phase: str) -> None:
+        """Run `prog` on the thread count for `phase`, timing it for the governor if there is one."""
+        if self.governor:
+            self.threads = self.governor.threads(phase)
+        if numba.get_num_threads() != self.threads:  # the setting is per calling thread in Numba
+            numba.set_num_threads(self.threads)
+        if self.governor:
+            start = time.perf_counter()
+            prog.run()
+            self.governor.record(phase, prog.t, time.perf_counter() - start)
+        else:
+            prog.run()
 
     def _check_ids(self, ids) -> np.ndarray:
         arr = np.asarray(ids)

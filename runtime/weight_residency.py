@@ -58,14 +58,16 @@ def dense_read_bytes(gguf_file, graphs: Mapping[str, Graph], budget: int) -> int
 
 
 def min_neuron_bytes(plan) -> int:
-    """The least bundle memory a plan runs with: 2 * MIN_CACHE_SLOTS bundles per layer."""
+    """The least bundle memory a plan runs with: MIN_CACHE_SLOTS bundles per layer."""
     from ..offload.plan_file import bundle_bytes
 
-    return sum(2 * MIN_CACHE_SLOTS * sum(bundle_bytes(layer.up_type, plan.n_embd)) for layer in plan.layers)
+    return sum(MIN_CACHE_SLOTS * sum(bundle_bytes(layer.up_type, plan.n_embd)) for layer in plan.layers)
 
 
 def neuron_budget(plan, nbytes: int) -> list[tuple[int, int]]:
-    """(pinned bundles, cache slots) per layer for `nbytes` of bundle memory."""
+    """(pinned bundles, cache slots) per layer for `nbytes` of bundle memory: every bundle
+    pinned when they all fit, else half the layer's share (at least MIN_CACHE_SLOTS) as cache
+    slots and the rest for its hottest bundles."""
     from ..offload.plan_file import bundle_bytes
 
     out = []
@@ -74,11 +76,12 @@ def neuron_budget(plan, nbytes: int) -> list[tuple[int, int]]:
         n = nbytes // plan.n_layer // size
         if n >= plan.n_ff:
             out.append((plan.n_ff, 0))
-        elif n < 2 * MIN_CACHE_SLOTS:
+        elif n < MIN_CACHE_SLOTS:
             raise ValueError(f"the RAM budget leaves {nbytes / 1e6:.1f} MB for FFN neurons, too few for "
-                             f"{2 * MIN_CACHE_SLOTS} bundles of {size} bytes per layer; give a larger budget")
+                             f"{MIN_CACHE_SLOTS} bundles of {size} bytes per layer; give a larger budget")
         else:
-            out.append((n // 2, n - n // 2))
+            slots = max(MIN_CACHE_SLOTS, n // 2)
+            out.append((n - slots, slots))
     return out
 
 

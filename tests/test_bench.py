@@ -191,7 +191,13 @@ def test_ram_budget_adds_an_offload_report_with_greedy_decode(smollm2_path, engi
                      for r0 in range(0, n_rows, step))
     rows = [row_shape(g.tensors[n])[1] for n in gathered]
     assert off["dense_read_bytes_per_token"] == sum(g.tensors[n].nbytes for n in streamed) + sum(rows)
-    assert spans + sum(rows) <= off["read_bytes_per_token"] <= spans + sum(r + 2 * 4096 for r in rows)
+    # the reader runs up to N_SLOTS chunks ahead, so a window of N tokens may count that many
+    # chunks more or fewer than N whole passes
+    from lanternlm.runtime.backends.cpu_streaming import N_SLOTS
+
+    ahead = N_SLOTS * max(span_bytes(0, min(chunk_rows(row_shape(g.tensors[n])[1]), row_shape(g.tensors[n])[0])
+                                     * row_shape(g.tensors[n])[1]) for n in streamed) / N
+    assert spans + sum(rows) - ahead <= off["read_bytes_per_token"] <= spans + sum(r + 2 * 4096 for r in rows) + ahead
     assert off["cache_hit_rate"] is None and off["predictor_recall"] is None
     assert off["read_gbps"] > 0
 

@@ -201,3 +201,30 @@ def test_a_budget_needs_the_cpu_backend(tmp_path):
     path = write_mixed_model(tmp_path / "m.gguf", "llama")
     with pytest.raises(ValueError, match="cpu backend"):
         Engine.load(path, n_ctx=8, backend="torch", device="cpu", ram_budget="50%")
+
+
+def test_a_model_larger_than_the_memory_available_gets_a_budget_and_a_notice(tmp_path, monkeypatch):
+    from lanternlm.runtime import engine as engine_module
+    from lanternlm.runtime import memory_limits
+    from lanternlm.runtime.kv_cache import KVCache
+
+    path = write_mixed_model(tmp_path / "m.gguf", "llama")
+    want = every_output(Engine.load(path, n_ctx=32, n_batch=5, threads=1))
+    size = os.path.getsize(path)
+    probe = Engine.load(path, n_ctx=32, n_batch=5, threads=1)
+    kv = KVCache.nbytes_for(probe.cfg, 32, probe.kv.k[0].dtype)
+    monkeypatch.setattr(cpu_streaming, "CHUNK_BYTES", 1)                 # small streaming buffers
+    room = kv + engine_module.AUTO_BUDGET_HEADROOM + size * 3 // 4        # 3/4 of the file fits
+    monkeypatch.setattr(memory_limits, "available_memory",
+                        lambda: memory_limits.AvailableMemory(room, "cgroup v1 limit (test)"))
+    with pytest.warns(engine_module.AutomaticBudgetWarning, match="does not fit.*cgroup v1 limit"):
+        eng = Engine.load(path, n_ctx=32, n_batch=5, threads=1)
+    assert eng.backend.ram_budget == size * 3 // 4 and eng.backend.residency.streamed
+    assert_identical(every_output(eng), want)
+    # enough memory: no budget, no notice
+    monkeypatch.setattr(memory_limits, "available_memory",
+                        lambda: memory_limits.AvailableMemory(room + size, "MemAvailable"))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not hasattr(Engine.load(path, n_ctx=32, n_batch=5, threads=1).backend, "residency")
