@@ -47,14 +47,16 @@ def describe(g: GGUFFile) -> dict:
 
 def configure_parser(p) -> None:
     p.add_argument("model", help="GGUF path or catalog name")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--json", action="store_true", help="print the summary as one line of JSON")
 
 
 def main(args) -> int:
     with read_gguf(resolve(args.model)) as g:
         info = describe(g)
     if args.json:
-        print(json.dumps(info, indent=2, ensure_ascii=False))
+        # ASCII: JSON leaves U+2028, NEL and C1 controls from the file raw, which split lines
+        # for some readers and reach the terminal
+        print(json.dumps(info))
         return 0
     p = info["parameters"]
     rows = [

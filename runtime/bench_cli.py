@@ -29,7 +29,7 @@ def configure_parser(p) -> None:
     p.add_argument("-n", "--n-gen", type=int, default=64, metavar="N", help="decode tokens (default 64)")
     p.add_argument("-r", "--repetitions", type=int, default=3, metavar="N", help="repetitions (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random token ids (default 0)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--json", action="store_true", help="print one line of JSON instead of the table")
     p.add_argument("--vs-llama-cpp", action="store_true",
                    help="also run llama.cpp (llama-cpp-python, if installed) on the same file and compare")
     add_runtime_args(p, ctx=None, ctx_help="context window (default: p + n)")
@@ -162,7 +162,7 @@ def main(args) -> int:
         report["ratios"] = ratio
 
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report))
     else:
         size_mib = path.stat().st_size / 2**20
         print(format_table(path.stem if Path(args.model).exists() else args.model, size_mib, results))

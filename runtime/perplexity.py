@@ -104,7 +104,7 @@ def configure_parser(p) -> None:
     p.add_argument("textfile", nargs="?",
                    help="UTF-8 text to score (optional with --kl-divergence: the file holds the tokens)")
     p.add_argument("--chunks", type=int, default=None, metavar="N", help="score at most N chunks (default: all)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--json", action="store_true", help="print the result as one line of JSON")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--save-logits", metavar="FILE",
                       help="also write the per-position log-probabilities to FILE (.npy, float16)")
@@ -186,7 +186,7 @@ def main(args) -> int:
     if kl is not None:
         report.update(kl.summary(result.ppl))
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report))
     else:
         print(format_report(report, saved=args.save_logits))
     return 0
