@@ -23,19 +23,19 @@ from typing import Callable
 import numpy as np
 
 from ..graph import Op
+from . import activations as A
 from .cpu import CpuBackend
 
-SQRT_2_OVER_PI = np.sqrt(2.0 / np.pi)
-
-
 def act_magnitude(op: Op, gate: np.ndarray) -> np.ndarray:
-    """|act(gate)| in float32: SiLU for SWIGLU, tanh-approximated GELU for GEGLU."""
-    g = gate.astype(np.float64)
+    """|act(gate)| (T, n_ff) float32, through the model's own activation kernels (as the sparse
+    FFN of backends/cpu_sparse.py computes it), on an up of ones."""
+    a = np.empty_like(gate)
+    ones = np.ones_like(gate)
     if op is Op.SWIGLU:
-        a = g / (1.0 + np.exp(-np.clip(g, -80.0, 80.0)))
+        A.swiglu(a, gate, ones)
     else:
-        a = 0.5 * g * (1.0 + np.tanh(SQRT_2_OVER_PI * (g + 0.044715 * g ** 3)))
-    return np.abs(a).astype(np.float32)
+        A.geglu(a, gate, ones, A.GELU_TABLE)
+    return np.abs(a, out=a)
 
 
 class FFNProbeBackend(CpuBackend):
