@@ -101,7 +101,8 @@ class Engine:
                 raise ValueError(f"a RAM budget streams weights on the cpu backend, not {backend!r}")
             from .weight_residency import streaming_backend
             self.backend = streaming_backend(gguf_file, self.kv, graphs, ram_budget, self.n_batch,
-                                             plan=self._offload_plan(offload_plan))
+                                             plan=self._offload_plan(offload_plan),
+                                             plan_named=offload_plan is not None)
         with kernel_section():  # binding may convert small weights with parallel kernels
             self.executor = Executor(self.backend, graphs, self.n_batch)
             self.graphs = self.executor.graphs

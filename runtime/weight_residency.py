@@ -9,6 +9,7 @@ neuron bundles, split evenly over the layers, half pinned (the hottest) and half
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Mapping
 
 from ..offload.budget import parse_budget
@@ -18,6 +19,10 @@ from .backends.cpu import row_shape
 from .backends.cpu_streaming import N_SLOTS, StreamingCpuBackend, chunk_rows
 
 MIN_CACHE_SLOTS = 64      # per layer, with a plan: below this the budget is refused
+
+
+class PlanNotUsedWarning(UserWarning):
+    """An offload plan found beside the model is not expected to pay at this budget."""
 from .graph import Graph, Op
 
 
@@ -85,13 +90,56 @@ def neuron_budget(plan, nbytes: int) -> list[tuple[int, int]]:
     return out
 
 
+def expected_plan_read_bytes(plan, residency: Residency, tensors, neurons: list[tuple[int, int]]) -> float:
+    """Bytes a plan is expected to read per token: the matrices that stream anyway, plus each
+    layer's active neurons (its calibrated 1 - sparsity) that are neither pinned nor, by the
+    share of the unpinned bundles its cache slots can hold, cached."""
+    from ..offload.plan_file import bundle_bytes
+
+    total = float(sum(tensors[n].nbytes for n in residency.streamed))
+    for layer, sparsity, (pinned, slots) in zip(plan.layers, plan.sparsity, neurons):
+        unpinned = plan.n_ff - pinned
+        if unpinned:
+            active = (1 - float(sparsity)) * unpinned      # hot bundles are pinned: a bound from above
+            total += active * (1 - min(slots / unpinned, 1.0)) * sum(bundle_bytes(layer.up_type, plan.n_embd))
+    return total
+
+
 def streaming_backend(gguf_file, kv, graphs: Mapping[str, Graph], ram_budget: int | str,
-                      max_tokens: int, plan=None) -> StreamingCpuBackend:
+                      max_tokens: int, plan=None, plan_named: bool = True) -> StreamingCpuBackend:
     """ram_budget: bytes, or a size as offload.budget.parse_budget reads it ('300MB', '40%');
-    plan: an offload.plan_file.OffloadPlan checked against this model, or None (dense)."""
+    plan: an offload.plan_file.OffloadPlan checked against this model, or None (dense).
+    A plan that was not named (found beside the model) is used only where it is expected to
+    read fewer bytes per token than dense streaming at the same budget; otherwise a warning
+    says so and the weights stream densely."""
     if not gguf_file.path:
         raise ValueError("a RAM budget streams weights from the model file, so the model must be a file")
     budget = parse_budget(ram_budget, os.path.getsize(gguf_file.path))
+    if plan is not None and not plan_named:
+        with_plan = _placement(gguf_file, graphs, budget, plan)
+        expected = expected_plan_read_bytes(plan, with_plan[0], gguf_file.tensors, with_plan[2])
+        dense = dense_read_bytes(gguf_file, graphs, budget)
+        if expected >= dense:
+            from ..offload.budget import format_bytes
+
+            warnings.warn(f"not using the offload plan {plan.path}: at a {format_bytes(budget)} budget it "
+                          f"would read about {format_bytes(expected)} per token, dense streaming "
+                          f"{format_bytes(dense)}", PlanNotUsedWarning, stacklevel=4)
+            plan = None
+    residency, schedule, neurons = _placement(gguf_file, graphs, budget, plan)
+    args = (gguf_file.tensors, kv, gguf_file.path, residency, schedule, max_tokens)
+    if plan is None:
+        backend = StreamingCpuBackend(*args)
+    else:
+        from .backends.cpu_sparse import SparseCpuBackend
+
+        backend = SparseCpuBackend(*args, plan, neurons)
+    backend.ram_budget = budget
+    return backend
+
+
+def _placement(gguf_file, graphs, budget: int, plan):
+    """(residency, streaming schedule, (pinned, slots) per layer or None) at `budget`."""
     matrices, tables, order = weight_uses(graphs)
     sizes = {name: ref.nbytes for name, ref in gguf_file.tensors.items()}
     if plan is not None:   # the plan's bundles serve every FFN block's up and down matrices
@@ -104,12 +152,5 @@ def streaming_backend(gguf_file, kv, graphs: Mapping[str, Graph], ram_budget: in
     residency: Residency = plan_residency(sizes, matrices, tables, budget - reserve, buffers)
     schedule = [name for name in order if name in residency.streamed]
     schedule += [name for name in residency.streamed if name not in schedule]
-    args = (gguf_file.tensors, kv, gguf_file.path, residency, schedule, max_tokens)
-    if plan is None:
-        backend = StreamingCpuBackend(*args)
-    else:
-        from .backends.cpu_sparse import SparseCpuBackend
-
-        backend = SparseCpuBackend(*args, plan, neuron_budget(plan, budget - residency.resident_bytes))
-    backend.ram_budget = budget
-    return backend
+    neurons = None if plan is None else neuron_budget(plan, budget - residency.resident_bytes)
+    return residency, schedule, neurons

@@ -170,3 +170,33 @@ def test_a_plan_keeping_every_neuron_is_the_dense_ffn(tmp_path, arch):
         Engine.load(other, n_ctx=32, n_batch=4, threads=1, ram_budget="100%", offload_plan=plan)
     dense = Engine.load(model, n_ctx=32, n_batch=4, threads=1, ram_budget="100%", offload_plan=False)
     assert not hasattr(dense.backend, "ffns")
+
+
+def test_expected_plan_reads_by_hand():
+    from types import SimpleNamespace
+
+    from lanternlm.offload.residency import Residency
+    from lanternlm.runtime.weight_residency import expected_plan_read_bytes
+
+    layer = SimpleNamespace(up_type=T.Q8_0)                   # bundles of 34 + 34 bytes (n_embd 32)
+    plan = SimpleNamespace(layers=[layer, layer], sparsity=[0.5, 0.0], n_ff=100, n_embd=32)
+    residency = Residency(1000, frozenset(), ("head",), (), 0)
+    tensors = {"head": SimpleNamespace(nbytes=500)}
+    # layer 0: 80 unpinned, 40 active, 20 slots hold a quarter: 30 read; layer 1: all pinned
+    assert expected_plan_read_bytes(plan, residency, tensors, [(20, 20), (100, 0)]) == 500 + 30 * 68
+
+
+def test_a_plan_found_beside_the_model_is_used_only_where_it_reads_less(tmp_path, monkeypatch):
+    from lanternlm.runtime import weight_residency
+
+    model = write_f32_model(tmp_path / "m.gguf", "llama")
+    plan_keeping_every_neuron(model, tmp_path / "m.offload.gguf")
+    monkeypatch.setattr(weight_residency, "dense_read_bytes", lambda *a: 0)      # dense reads nothing
+    with pytest.warns(weight_residency.PlanNotUsedWarning, match="not using the offload plan"):
+        eng = Engine.load(model, n_ctx=32, n_batch=4, threads=1, ram_budget="85%")
+    assert not hasattr(eng.backend, "ffns")
+    named = Engine.load(model, n_ctx=32, n_batch=4, threads=1, ram_budget="85%",
+                        offload_plan=tmp_path / "m.offload.gguf")             # named: always used
+    assert hasattr(named.backend, "ffns")
+    monkeypatch.setattr(weight_residency, "dense_read_bytes", lambda *a: 1 << 40)
+    assert hasattr(Engine.load(model, n_ctx=32, n_batch=4, threads=1, ram_budget="85%").backend, "ffns")
