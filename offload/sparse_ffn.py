@@ -129,7 +129,8 @@ class SparseFFN:
         self.position[self.order] = np.arange(n_ff)
         self.reader, self.offset = reader, offset
         n_pinned = min(n_pinned, n_ff)
-        pinned = reader.read_copy(offset, n_pinned * self.bundle).reshape(n_pinned, self.bundle)
+        pinned = (reader.read_copy(offset, n_pinned * self.bundle) if n_pinned
+                  else np.zeros(0, np.uint8)).reshape(n_pinned, self.bundle)
         self.pinned_up = np.ascontiguousarray(pinned[:, :self.up_bytes])
         self.pinned_down = np.ascontiguousarray(pinned[:, self.up_bytes:])
         self.pinned_neuron = self.order[:n_pinned]

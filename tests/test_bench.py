@@ -158,7 +158,7 @@ def test_ram_budget_adds_an_offload_report_with_greedy_decode(smollm2_path, engi
     from lanternlm.runtime.backends.cpu import row_shape
     from lanternlm.runtime.backends.cpu_streaming import chunk_rows
 
-    rc, out, err = run_bench(capsys, smollm2_path, *SMALL, "--ram-budget", "40%", "--json")
+    rc, out, err = run_bench(capsys, smollm2_path, *SMALL, "--ram-budget", "40%", "--offload-plan", "none", "--json")
     assert rc == 0, err
     d = json.loads(out)
     check_figures(d, P, N, R)
@@ -179,7 +179,7 @@ def test_ram_budget_adds_an_offload_report_with_greedy_decode(smollm2_path, engi
     g = read_gguf(smollm2_path)
     assert off["ram_budget_bytes"] == int(os.path.getsize(smollm2_path) * 0.4)
     assert 0 < off["resident_bytes"] <= off["ram_budget_bytes"]
-    eng = Engine.load(smollm2_path, n_ctx=96, n_batch=P, threads=1, ram_budget="40%")
+    eng = Engine.load(smollm2_path, n_ctx=96, n_batch=P, threads=1, ram_budget="40%", offload_plan=False)
     streamed, gathered = eng.backend.residency.streamed, eng.backend.residency.gathered
     assert streamed and gathered == ("token_embd.weight",)     # tied: the head streams, rows too
     spans = 0
