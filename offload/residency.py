@@ -39,10 +39,6 @@ class Residency:
     gathered: tuple[str, ...]      # tables (GET_ROWS) not resident: read a row per token
     resident_bytes: int            # resident tensors plus the fixed streaming buffers
 
-    def describe(self) -> str:
-        return (f"{len(self.resident)} tensors resident ({format_bytes(self.resident_bytes)} of a "
-                f"{format_bytes(self.budget)} budget), {len(self.streamed)} streamed from disk")
-
 
 def plan_residency(nbytes: Mapping[str, int], matrices: set[str], tables: set[str],
                    budget: int, buffer_bytes: int) -> Residency:

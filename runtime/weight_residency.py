@@ -16,7 +16,7 @@ from ..offload.budget import parse_budget
 from ..offload.direct_io import ALIGN, align_up
 from ..offload.residency import Residency, plan_residency
 from .backends.cpu import row_shape
-from .backends.cpu_streaming import N_SLOTS, StreamingCpuBackend, chunk_rows
+from .backends.cpu_streaming import N_SLOTS, StreamingCpuBackend, row_chunks
 
 MIN_CACHE_SLOTS = 64      # per layer, with a plan: below this the budget is refused
 
@@ -44,10 +44,8 @@ def weight_uses(graphs: Mapping[str, Graph]) -> tuple[set[str], set[str], list[s
 def stream_buffer_bytes(tensors, matrices) -> int:
     """An upper bound of the streaming slots: N_SLOTS spans of the largest chunk of any matrix
     (known before residency decides which matrices stream)."""
-    largest = 0
-    for name in matrices:
-        n_rows, row_bytes = row_shape(tensors[name])
-        largest = max(largest, min(chunk_rows(row_bytes), n_rows) * row_bytes)
+    largest = max((((r1 - r0) * row_shape(tensors[n])[1]) for n in matrices for r0, r1 in row_chunks(tensors[n])),
+                  default=0)
     return N_SLOTS * (align_up(largest) + ALIGN)
 
 

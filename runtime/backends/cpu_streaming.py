@@ -52,6 +52,13 @@ def chunk_rows(row_bytes: int) -> int:
     return max(16, (CHUNK_BYTES // row_bytes) // 16 * 16)
 
 
+def row_chunks(ref) -> list[tuple[int, int]]:
+    """A streamed matrix's chunks as (first row, end row) pairs."""
+    n_rows, row_bytes = row_shape(ref)
+    step = chunk_rows(row_bytes)
+    return [(r0, min(r0 + step, n_rows)) for r0 in range(0, n_rows, step)]
+
+
 class StreamingCpuBackend(CpuBackend):
     def __init__(self, tensors, kv, path: str, residency: Residency, schedule: list[str],
                  max_tokens: int):
@@ -61,16 +68,14 @@ class StreamingCpuBackend(CpuBackend):
         self.reader = DirectReader(path)
         self._resident: dict[str, np.ndarray] = {}
         self._items: dict[tuple[str, int], int] = {}      # (matrix, first row) -> stream item
-        items = []
+        items, widest = [], 0
         for name in schedule:
-            n_rows, row_bytes = row_shape(tensors[name])
-            step = chunk_rows(row_bytes)
-            for r0 in range(0, n_rows, step):
+            row_bytes = row_shape(tensors[name])[1]
+            for r0, r1 in row_chunks(tensors[name]):
                 self._items[(name, r0)] = len(items)
-                items.append((tensors[name].offset + r0 * row_bytes, min(step, n_rows - r0) * row_bytes))
+                items.append((tensors[name].offset + r0 * row_bytes, (r1 - r0) * row_bytes))
+                widest = max(widest, r1 - r0)
         self.stream = WeightStream(self.reader, items, N_SLOTS) if items else None
-        widest = max((min(chunk_rows(row_shape(tensors[n])[1]), row_shape(tensors[n])[0]) for n in schedule),
-                     default=0)
         self._scratch = np.empty(max_tokens * widest, dtype=np.float32)  # one chunk's matmul output
         self._row_bufs: dict[str, np.ndarray] = {}
         for name in sorted(residency.resident):
@@ -118,11 +123,9 @@ class StreamingCpuBackend(CpuBackend):
 
     def _bind_streamed_mul_mat(self, name, out, x):
         _, qt = self._qtype(name)
-        n_rows, row_bytes = row_shape(self.tensors[name])
-        step = chunk_rows(row_bytes)
+        row_bytes = row_shape(self.tensors[name])[1]
         calls = []
-        for r0 in range(0, n_rows, step):
-            r1 = min(r0 + step, n_rows)
+        for r0, r1 in row_chunks(self.tensors[name]):
             item, shape = self._items[(name, r0)], (r1 - r0, row_bytes)
             if x.shape[0] == 1:
                 calls.append((_streamed_matvec, (self.stream, item, qt.matvec, out[0, r0:r1], x[0], shape)))
