@@ -3,7 +3,7 @@
 Each layer's FFN (Graph.ffn) is bound whole (`bind_ffn`): the gate product runs as any matrix
 does here (resident or streamed, see cpu_streaming.py), then
 
-    a = act(gate)                      the model's own SWIGLU/GEGLU kernel, on a gate of ones
+    a = act(gate)                      the model's own SWIGLU/GEGLU kernel, on an up of ones
     a[|a| < plan.thresholds[layer]] = 0
     out = offload.SparseFFN.run(x, a)  up rows and down columns of the active neurons only,
                                        from pinned bundles, the neuron cache or the plan file
