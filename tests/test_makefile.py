@@ -21,8 +21,12 @@ def tree(tmp_path):
 
 
 def planned(tree: Path, target: str) -> list[str]:
-    """The commands `make TARGET` would run."""
-    result = subprocess.run(["make", "-n", target], cwd=tree, capture_output=True, text=True, check=True)
+    """The commands `make TARGET` would run. Under `make test` (as CI runs the suite) the outer
+    make's variables would make this one a sub-make printing "Entering directory" lines, so its
+    environment drops them."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEFILES")}
+    result = subprocess.run(["make", "--no-print-directory", "-n", target], cwd=tree, env=env,
+                            capture_output=True, text=True, check=True)
     return result.stdout.splitlines()
 
 
