@@ -53,11 +53,17 @@ else:
         return int(np.argmax(llm.scores[llm.n_tokens - 1]))
 load_s = time.perf_counter() - t0
 tok = step(prompt)
+counters = lambda: ((eng.backend.bytes_read, eng.backend.read_seconds)
+                    if engine == "lantern" and hasattr(eng.backend, "bytes_read") else (0, 0.0))
+read0, read_s0 = counters()
 t0 = time.perf_counter()
 for _ in range(n_gen):
     tok = step([tok])
 seconds = time.perf_counter() - t0
-print(json.dumps({"tok_s": n_gen / seconds, "load_s": load_s, "budget": budget, "notices": notices}))
+read1, read_s1 = counters()
+print(json.dumps({"tok_s": n_gen / seconds, "load_s": load_s, "budget": budget, "notices": notices,
+                  "read_mb_per_token": (read1 - read0) / n_gen / 1e6,
+                  "read_gbps": (read1 - read0) / (read_s1 - read_s0) / 1e9 if read_s1 > read_s0 else None}))
 """
 
 
@@ -145,6 +151,8 @@ def main() -> None:
             print(f"  {r['engine']:>9}: failed ({r['error']}), peak {r['peak_mib']:.0f} MiB")
             continue
         budget = "" if r["budget"] is None else f", budget chosen {r['budget'] / 2**20:.0f} MiB"
+        if r.get("read_gbps"):
+            budget += f", read {r['read_mb_per_token']:.0f} MB/token at {r['read_gbps']:.2f} GB/s"
         print(f"  {r['engine']:>9}: {r['tok_s']:6.2f} tok/s, load {r['load_s']:.1f} s, peak {r['peak_mib']:.0f} MiB, "
               f"failcnt {r['failcnt']}{budget}")
 
