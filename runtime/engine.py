@@ -34,7 +34,7 @@ from .config import ModelConfig
 from .executor import Executor, Program
 from .graph import Graph
 from .kv_cache import KVCache
-from .memory_limits import ensure_available
+from .memory_limits import InsufficientMemoryError, ensure_available
 from .models import get_architecture
 from .thread_governor import ThreadGovernor
 from .thread_safety import kernel_section
@@ -125,7 +125,10 @@ class Engine:
         budget = available.bytes - kv_bytes - AUTO_BUDGET_HEADROOM
         if file_bytes <= budget:
             return None
-        budget = max(budget, 0)
+        if budget <= 0:
+            raise InsufficientMemoryError(
+                f"{os.path.basename(self.gguf.path)} cannot run in the {format_bytes(available.bytes)} of memory "
+                f"available ({available.source}): its KV cache and the runtime leave no room for weights")
         warnings.warn(f"{os.path.basename(self.gguf.path)} ({format_bytes(file_bytes)}) does not fit in the "
                       f"{format_bytes(available.bytes)} of memory available ({available.source}): keeping "
                       f"{format_bytes(budget)} of its weights in RAM and streaming the rest from disk "

@@ -17,13 +17,13 @@ from ..offload.direct_io import ALIGN, align_up
 from ..offload.residency import Residency, plan_residency
 from .backends.cpu import row_shape
 from .backends.cpu_streaming import N_SLOTS, StreamingCpuBackend, row_chunks
+from .graph import Graph, Op
 
 MIN_CACHE_SLOTS = 64      # per layer, with a plan: below this the budget is refused
 
 
 class PlanNotUsedWarning(UserWarning):
     """An offload plan found beside the model is not expected to pay at this budget."""
-from .graph import Graph, Op
 
 
 def weight_uses(graphs: Mapping[str, Graph]) -> tuple[set[str], set[str], list[str]]:
@@ -52,10 +52,8 @@ def stream_buffer_bytes(tensors, matrices) -> int:
 def dense_read_bytes(gguf_file, graphs: Mapping[str, Graph], budget: int) -> int:
     """Bytes dense streaming (no plan) reads per evaluation at `budget`: every matrix that does
     not fit, plus one row of each table it gathers from disk."""
-    matrices, tables, _ = weight_uses(graphs)
     tensors = gguf_file.tensors
-    r = plan_residency({n: ref.nbytes for n, ref in tensors.items()}, matrices, tables, budget,
-                       stream_buffer_bytes(tensors, matrices))
+    r = _placement(gguf_file, graphs, budget, None)[0]
     return (sum(tensors[n].nbytes for n in r.streamed)
             + sum(row_shape(tensors[n])[1] for n in r.gathered))
 
@@ -113,9 +111,9 @@ def streaming_backend(gguf_file, kv, graphs: Mapping[str, Graph], ram_budget: in
     if not gguf_file.path:
         raise ValueError("a RAM budget streams weights from the model file, so the model must be a file")
     budget = parse_budget(ram_budget, os.path.getsize(gguf_file.path))
+    residency, schedule, neurons = _placement(gguf_file, graphs, budget, plan)
     if plan is not None and not plan_named:
-        with_plan = _placement(gguf_file, graphs, budget, plan)
-        expected = expected_plan_read_bytes(plan, with_plan[0], gguf_file.tensors, with_plan[2])
+        expected = expected_plan_read_bytes(plan, residency, gguf_file.tensors, neurons)
         dense = dense_read_bytes(gguf_file, graphs, budget)
         if expected >= dense:
             from ..offload.budget import format_bytes
@@ -124,7 +122,7 @@ def streaming_backend(gguf_file, kv, graphs: Mapping[str, Graph], ram_budget: in
                           f"would read about {format_bytes(expected)} per token, dense streaming "
                           f"{format_bytes(dense)}", PlanNotUsedWarning, stacklevel=4)
             plan = None
-    residency, schedule, neurons = _placement(gguf_file, graphs, budget, plan)
+            residency, schedule, neurons = _placement(gguf_file, graphs, budget, None)
     args = (gguf_file.tensors, kv, gguf_file.path, residency, schedule, max_tokens)
     if plan is None:
         backend = StreamingCpuBackend(*args)
