@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -90,12 +90,12 @@ def bench_ids(n_vocab: int, n_prompt: int, n_gen: int, seed: int = 0) -> tuple[n
 
 
 def time_greedy(runner, prompt: Sequence[int], n: int) -> float:
-    """Seconds for n greedy decode steps after `prompt` (evaluated first, not timed)."""
-    runner.reset()
-    tok = runner.greedy_next(prompt)
+    """Seconds for n greedy tokens after `prompt`'s prefill and first token (not timed)."""
+    steps = runner.greedy_tokens(prompt, n + 1)
+    next(steps)
     t0 = time.perf_counter()
-    for _ in range(n):
-        tok = runner.greedy_next([tok])
+    for _ in steps:
+        pass
     return time.perf_counter() - t0
 
 
@@ -181,6 +181,10 @@ def reset_peak() -> bool:
 
 # ---- engines --------------------------------------------------------------------------------
 
+def _greedy(logits, history) -> int:
+    return int(np.argmax(logits))
+
+
 class LanternRunner:
     """Our Engine as a Runner; waits for the device after each eval (a no-op on the CPU)."""
 
@@ -196,9 +200,13 @@ class LanternRunner:
         self.engine.eval(ids)
         self._sync()
 
-    def greedy_next(self, ids) -> int:
-        """Evaluate ids; the most likely next token."""
-        return int(self.engine.eval(ids).argmax())
+    def greedy_tokens(self, prompt: Sequence[int], n: int) -> Iterator[int]:
+        """n greedy tokens after `prompt` from an empty cache, generated as `lantern run` does
+        (generate_step: drafts verified where the engine drafts, runtime/resident_draft.py)."""
+        from .generate import KVContext, generate_step
+
+        self.engine.reset()
+        return generate_step(KVContext(self.engine, self.engine.n_ctx), prompt, _greedy, max_tokens=n)
 
     def after_warm_up(self) -> None:
         """Count thread use from here on: the repetitions, not the warm-up."""
@@ -234,6 +242,7 @@ class LoadOptions:
     device: str | None = None
     ram_budget: int | str | None = None   # lantern only: weights past it stream from disk
     offload_plan: str | bool | None = None   # with ram_budget: Engine's offload_plan
+    draft: bool = True                        # with ram_budget: Engine's draft
 
 
 def load_lantern(path, opts: LoadOptions) -> tuple[LanternRunner, float]:
@@ -243,7 +252,7 @@ def load_lantern(path, opts: LoadOptions) -> tuple[LanternRunner, float]:
     t0 = time.perf_counter()
     engine = Engine.load(path, n_ctx=opts.n_ctx, threads=opts.threads, n_batch=opts.n_batch,
                          backend=opts.backend, device=opts.device, ram_budget=opts.ram_budget,
-                         offload_plan=opts.offload_plan)
+                         offload_plan=opts.offload_plan, draft=opts.draft)
     return LanternRunner(engine), time.perf_counter() - t0
 
 
@@ -354,19 +363,33 @@ def offload_report(runner: LanternRunner, greedy_prompt: Sequence[int], n_gen: i
     from .weight_residency import dense_read_bytes
 
     engine = runner.engine
-    backend = engine.backend
-    runner.reset()
-    tok = runner.greedy_next(greedy_prompt)
+    backend, draft = engine.backend, engine.draft
+    steps = runner.greedy_tokens(greedy_prompt, n_gen + 1)
+    next(steps)
     bytes0, seconds0 = backend.bytes_read, backend.read_seconds
-    for _ in range(n_gen):
-        tok = runner.greedy_next([tok])
+    counts0 = draft.counts() if draft else None
+    for _ in steps:
+        pass
     read, read_s = backend.bytes_read - bytes0, backend.read_seconds - seconds0
     dense = dense_read_bytes(engine.gguf, engine.graphs, backend.ram_budget)
     return {"ram_budget_bytes": backend.ram_budget, "resident_bytes": backend.resident_bytes,
             "read_bytes_per_token": read / n_gen, "dense_read_bytes_per_token": dense,
             "cache_hit_rate": getattr(backend, "cache_hit_rate", None),   # neuron cache, with a plan
             "predictor_recall": None,       # the gate is computed in full: an exact predictor
-            "read_gbps": read / read_s / 1e9 if read_s > 0 else None}
+            "read_gbps": read / read_s / 1e9 if read_s > 0 else None,
+            "draft": draft_report(draft, counts0, n_gen) if draft else None}
+
+
+def draft_report(draft, before: dict, n_gen: int) -> dict:
+    """What drafting did over n_gen generated tokens (runtime/resident_draft.py): rounds that
+    drafted, plain decode steps, drafted and kept tokens, and the tokens each read of the head
+    served."""
+    d = {key: value - before[key] for key, value in draft.counts().items()}
+    reads = d["rounds"] + d["plain_steps"]
+    return {"head_rows": int(draft.token_ids.shape[0]), **d,
+            "acceptance": d["kept"] / d["drafted"] if d["drafted"] else None,
+            "mean_kept_per_round": d["kept"] / d["rounds"] if d["rounds"] else None,
+            "tokens_per_head_read": n_gen / reads if reads else None}
 
 
 __all__ = ["Runner", "Throughput", "time_prefill", "time_decode", "time_greedy", "bench_ids", "measure", "Memory",

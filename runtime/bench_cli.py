@@ -111,7 +111,16 @@ def format_offload(name: str, off: dict) -> str:
     return (f"{name} offload: budget {format_bytes(off['ram_budget_bytes'])}, resident "
             f"{format_bytes(off['resident_bytes'])}; read {format_bytes(off['read_bytes_per_token'])}/token "
             f"(dense streaming {format_bytes(off['dense_read_bytes_per_token'])}/token"
-            + (f", {saved:.2f}x less" if saved else "") + f") at {gbps}; tg is greedy after a prose prompt")
+            + (f", {saved:.2f}x less" if saved else "") + f") at {gbps}; tg is greedy after a prose prompt"
+            + (format_draft(off["draft"]) if off.get("draft") else ""))
+
+
+def format_draft(d: dict) -> str:
+    """The drafting part of an offload line (runtime.bench.draft_report)."""
+    kept = "-" if d["acceptance"] is None else f"{d['acceptance']:.0%}"
+    per_read = "-" if d["tokens_per_head_read"] is None else f"{d['tokens_per_head_read']:.2f}"
+    return (f"; drafts from {d['head_rows']} head rows: {d['rounds']} rounds, {d['plain_steps']} plain steps, "
+            f"{kept} of drafted tokens kept, {per_read} tokens per read of the head")
 
 
 def format_summary(results: list[tuple[str, BenchResult]], ratio: dict | None) -> str:
@@ -140,7 +149,7 @@ def main(args) -> int:
     n_ctx = args.ctx or prompt + args.n_gen
     opts = LoadOptions(threads=args.threads, n_ctx=n_ctx, n_batch=args.n_prompt,
                        backend=args.backend, device=args.device, ram_budget=args.ram_budget,
-                       offload_plan=offload_plan_option(args))
+                       offload_plan=offload_plan_option(args), draft=args.draft)
     # llama.cpp has no automatic choice: every core Numba sees, unless -t fixes both engines
     llama_opts = replace(opts, threads=args.threads or numba.config.NUMBA_NUM_THREADS)
     if args.vs_llama_cpp:

@@ -47,7 +47,7 @@ def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
 
 
 def add_runtime_args(p: argparse.ArgumentParser, ctx: int | None, ctx_help: str | None = None) -> None:
-    """--ctx, --threads, --backend, --device, --ram-budget, --offload-plan."""
+    """--ctx, --threads, --backend, --device, --ram-budget, --offload-plan, --no-draft."""
     g = p.add_argument_group("runtime")
     g.add_argument("-c", "--ctx", type=int, default=ctx, metavar="N",
                    help=ctx_help or f"context window in tokens (default {ctx})")
@@ -62,6 +62,9 @@ def add_runtime_args(p: argparse.ArgumentParser, ctx: int | None, ctx_help: str 
     g.add_argument("--offload-plan", default=None, metavar="PATH",
                    help="with --ram-budget: the offload plan (`lantern offload`) serving the FFN sparsely; "
                         "'none' streams densely (default: MODEL.offload.gguf beside the model, if any)")
+    g.add_argument("--no-draft", dest="draft", action="store_false",
+                   help="with --ram-budget: decode one token per read of the streamed output head "
+                        "(default: draft tokens without it and verify several per read; same output)")
 
 
 def sampling_options(args: argparse.Namespace) -> dict:
@@ -171,7 +174,8 @@ def load_model(model: str, n_ctx: int, args: argparse.Namespace):
     # the first run on a machine compiles the kernels: say so unless asked to be quiet
     with nullcontext() if getattr(args, "quiet", False) else notice_if_compiling():
         loaded = Model.load(model, n_ctx=n_ctx, threads=args.threads, backend=args.backend, device=args.device,
-                            ram_budget=args.ram_budget, offload_plan=offload_plan_option(args))
+                            ram_budget=args.ram_budget, offload_plan=offload_plan_option(args),
+                            draft=args.draft)
         loaded.engine.warm_up()
     return loaded
 

@@ -64,7 +64,8 @@ class Engine:
     def __init__(self, gguf_file, n_ctx: int = 2048, threads: int | None = None, n_batch: int = 512,
                  backend: str = "cpu", device: str | None = None, weights: str | None = None,
                  kv_type: str = "f16", ram_budget: int | str | None = None,
-                 offload_plan: str | os.PathLike | bool | None = None, backend_class: type | None = None):
+                 offload_plan: str | os.PathLike | bool | None = None, backend_class: type | None = None,
+                 draft: bool = True):
         if n_ctx < 1 or n_batch < 1:
             raise ValueError(f"n_ctx and n_batch must be positive, got n_ctx={n_ctx}, n_batch={n_batch}")
         if threads is not None:
@@ -105,11 +106,16 @@ class Engine:
             from .weight_residency import streaming_backend
             self.backend = streaming_backend(gguf_file, self.kv, graphs, ram_budget, self.n_batch,
                                              plan=self._offload_plan(offload_plan),
-                                             plan_named=offload_plan is not None)
+                                             plan_named=offload_plan is not None, draft=draft)
         with kernel_section():  # binding may convert small weights with parallel kernels
             self.executor = Executor(self.backend, graphs, self.n_batch)
             self.graphs = self.executor.graphs
             self.decode_program: Program = self.executor.program("decode", 1)
+            # under a budget where the head streams: drafts without it (resident_draft.py)
+            self.draft = None
+            if ram_budget is not None and draft:
+                from .resident_draft import resident_draft
+                self.draft = resident_draft(self.backend, self.graphs, gguf_file)
 
     def _automatic_budget(self, kv_bytes: int) -> int | None:
         """None when the model file fits in the memory available (MemAvailable, or a cgroup's
@@ -240,6 +246,32 @@ class Engine:
                 self.kv.n_past += t
                 logits = prog.logits
         return result if every_row else logits[0]
+
+    def speculate(self, token: int, k: int) -> tuple[list[int], np.ndarray]:
+        """Append `token` and k - 1 drafted tokens to the cache; return the k drafted tokens and
+        the model's logits f32 (k, n_vocab) at those k positions (after `token`, after each
+        draft), bit-identical to what `eval` of the same tokens one by one returns (an internal
+        buffer, valid until the next call). Needs `draft` (see resident_draft.py); the caller
+        truncates the cache after the first draft it rejects."""
+        if self.draft is None:
+            raise ValueError("this engine has no draft: drafting runs under a RAM budget that streams "
+                             "only the output head")
+        if not 1 <= k <= self.draft.max_draft:
+            raise ValueError(f"k must be 1..{self.draft.max_draft}, got {k}")
+        self._check_ids([token] * k)
+        draft, prog, drafts = self.draft, self.draft.program, []
+        with kernel_section():
+            start = time.perf_counter()
+            for j in range(k):
+                prog.ids[0] = drafts[-1] if drafts else token
+                prog.pos[0] = self.kv.n_past + j
+                self._run(prog, "decode")
+                drafts.append(draft.guess(j))
+            drafted = time.perf_counter()
+            logits = draft.verify(k)
+            draft.length.timed(k, drafted - start, time.perf_counter() - drafted)
+            self.kv.n_past += k
+        return drafts, logits
 
     def _run(self, prog: Program, phase: str) -> None:
         """Run `prog` on the thread count for `phase`, timing it for the governor if there is one."""

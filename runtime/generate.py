@@ -77,6 +77,13 @@ class KVContext:
         self._prompt_logits = (len(prompt), logits.copy() if isinstance(logits, np.ndarray) else logits.clone())
         return logits, reused
 
+    def keep(self, n: int) -> None:
+        """Keep the first `n` cached tokens (drop drafted tokens the caller did not take)."""
+        if self.engine.n_past != len(self.ids):        # engine used behind our back
+            self.invalidate()
+        else:
+            self._truncate(n)
+
     def _truncate(self, n: int) -> None:
         if n < len(self.ids):
             self.engine.truncate(n)
@@ -89,6 +96,20 @@ class KVContext:
         if self.full:
             raise ValueError(f"the context of {self.n_ctx} tokens is full")
         return self._eval([token])
+
+    def speculate(self, token: int, k: int) -> tuple[list[int], np.ndarray]:
+        """Evaluate `token` and draft after it with the engine's draft (Engine.speculate): the
+        cache then holds `token` and the first k - 1 drafts; returns (k drafts, k logit rows)."""
+        if len(self.ids) + k > self.n_ctx:
+            raise ValueError(f"{k} more tokens do not fit in the context of {self.n_ctx}")
+        try:
+            drafts, logits = self.engine.speculate(token, k)
+        except BaseException:
+            self._keep_completed([])
+            raise
+        self.ids.extend([token, *drafts[:k - 1]])
+        self.evaluated_tokens += k
+        return drafts, logits
 
     def _eval(self, ids: list[int]) -> np.ndarray:
         try:
@@ -183,8 +204,9 @@ def generate_step(context: KVContext, prompt_ids: Sequence[int], sampler: Sample
     Stops after `max_tokens` tokens (None: no limit) or when the context is full; a consumer
     that wants to stop earlier (end-of-generation token, stop string) simply stops iterating.
     A token is only evaluated when the consumer asks for the next one, so the cache never
-    holds a token the consumer rejected. The sampler sees the whole history (prompt + output)
-    for its penalties.
+    holds a token the consumer rejected (an engine that drafts evaluates several tokens at a
+    time, and drafts past the consumer's last token are dropped when it stops). The sampler sees
+    the whole history (prompt + output) for its penalties.
     """
     _check_max_tokens(max_tokens)
     stats = stats if stats is not None else GenerationStats()
@@ -194,18 +216,55 @@ def generate_step(context: KVContext, prompt_ids: Sequence[int], sampler: Sample
     start = time.perf_counter()
     logits, stats.reused_tokens = context.prefill(prompt_ids)
     history = [int(t) for t in prompt_ids]
-    token = sampler(logits, history)
+    pending = [sampler(logits, history)]
     stats.prompt_seconds = time.perf_counter() - start
     produced = 0
-    while True:
-        history.append(token)
-        produced += 1
-        yield token
-        if (max_tokens is not None and produced >= max_tokens) or context.full:
-            return
+    try:
+        while True:
+            for token in pending:
+                history.append(token)
+                produced += 1
+                yield token
+            if (max_tokens is not None and produced >= max_tokens) or context.full:
+                return
+            start = time.perf_counter()
+            room = context.n_ctx - len(context) if max_tokens is None else \
+                min(max_tokens - produced, context.n_ctx - len(context))
+            pending = _next_tokens(context, pending[-1], history, sampler, room)
+            stats.decode_seconds += time.perf_counter() - start
+    finally:
+        # the cache holds what was yielded but the last token, never a draft nobody took
+        if len(context) > len(history) - 1:
+            context.keep(len(history) - 1)
+
+
+def _next_tokens(context: KVContext, token: int, history: list[int], sampler: SamplerFn,
+                 room: int) -> list[int]:
+    """Evaluate `token` and sample what follows: one token, or, where the engine drafts
+    (resident_draft.py), up to `room` tokens of which all but the last are in the cache.
+
+    With a draft, the sampler runs on the model's logits at each drafted position in turn, and
+    the drafts are kept while its samples agree with them: every emitted token is sampled from
+    the logits plain decode would give, in the same order, so the output is plain decode's."""
+    draft = getattr(context.engine, "draft", None)
+    k = min(draft.next_length(), room) if draft is not None else 1
+    if k < 2:
+        if draft is None:
+            return [sampler(context.append(token), history)]
         start = time.perf_counter()
-        token = sampler(context.append(token), history)
-        stats.decode_seconds += time.perf_counter() - start
+        logits = context.append(token)
+        draft.timed_plain(time.perf_counter() - start)
+        return [sampler(logits, history)]
+    base = len(context)
+    drafts, rows = context.speculate(token, k)
+    out: list[int] = []
+    for j in range(k):
+        out.append(sampler(rows[j], history + out))
+        if out[-1] != drafts[j]:
+            break
+    context.keep(base + len(out))
+    draft.record(k, len(out), len(out) - (out[-1] != drafts[len(out) - 1]))
+    return out
 
 
 class StopStringMatcher:

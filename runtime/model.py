@@ -84,7 +84,8 @@ class Model:
                  n_batch: int = 512, verbose: bool = False, backend: str = "cpu", device: str | None = None,
                  weights: str | None = None, chat_template: str | None = None,
                  pooling_type: str | int | None = None, embedding: bool = False,
-                 ram_budget: int | str | None = None, offload_plan: str | os.PathLike | bool | None = None):
+                 ram_budget: int | str | None = None, offload_plan: str | os.PathLike | bool | None = None,
+                 draft: bool = True):
         """Load a GGUF file (a path, or a catalog name pulled on first use), as
         `llama_cpp.Llama(model_path, n_ctx=..., n_threads=..., verbose=...)` does.
 
@@ -103,6 +104,9 @@ class Model:
         '40%' of the file) and streams the rest from disk; None keeps the whole model mapped.
         offload_plan (with ram_budget): a `lantern offload` plan serving the FFN sparsely; None
         uses MODEL.offload.gguf beside the model if there is one, False streams densely.
+        draft (with ram_budget): where the output head streams, draft tokens without it and
+        verify several with one read of it (runtime/resident_draft.py; the output is plain
+        decode's); False decodes one token per read.
         """
         start = time.perf_counter()
         get_backend(backend, device=device, weights=weights)  # bad options fail before any download
@@ -113,7 +117,7 @@ class Model:
         self.pooling = pooling_name(pooling_type)
         self.engine = Engine.load(resolve(model_path), n_ctx=n_ctx, threads=n_threads, n_batch=n_batch,
                                   backend=backend, device=device, weights=weights, ram_budget=ram_budget,
-                                  offload_plan=offload_plan)
+                                  offload_plan=offload_plan, draft=draft)
         kv = self.engine.gguf.kv
         self.tokenizer = load_tokenizer(kv)
         self.name = str(model_path)
@@ -130,11 +134,12 @@ class Model:
     def load(cls, model: str | os.PathLike, n_ctx: int = 2048, threads: int | None = None,
              n_batch: int = 512, backend: str = "cpu", chat_template: str | None = None,
              device: str | None = None, weights: str | None = None,
-             ram_budget: int | str | None = None, offload_plan: str | os.PathLike | bool | None = None) -> "Model":
+             ram_budget: int | str | None = None, offload_plan: str | os.PathLike | bool | None = None,
+             draft: bool = True) -> "Model":
         """`Model(model, n_ctx=..., n_threads=threads, ...)`: see the constructor."""
         return cls(model, n_ctx=n_ctx, n_threads=threads, n_batch=n_batch, backend=backend,
                    chat_template=chat_template, device=device, weights=weights, ram_budget=ram_budget,
-                   offload_plan=offload_plan)
+                   offload_plan=offload_plan, draft=draft)
 
     # ------------------------------------------------------------------ basics
 

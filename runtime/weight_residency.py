@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from typing import Mapping
 
 from ..offload.budget import parse_budget
@@ -50,10 +51,10 @@ def stream_buffer_bytes(tensors, matrices) -> int:
 
 
 def dense_read_bytes(gguf_file, graphs: Mapping[str, Graph], budget: int) -> int:
-    """Bytes dense streaming (no plan) reads per evaluation at `budget`: every matrix that does
-    not fit, plus one row of each table it gathers from disk."""
+    """Bytes dense streaming (no plan, no draft) reads per evaluation at `budget`: every matrix
+    that does not fit, plus one row of each table it gathers from disk."""
     tensors = gguf_file.tensors
-    r = _placement(gguf_file, graphs, budget, None)[0]
+    r = _placement(gguf_file, graphs, budget, None).residency
     return (sum(tensors[n].nbytes for n in r.streamed)
             + sum(row_shape(tensors[n])[1] for n in r.gathered))
 
@@ -102,18 +103,21 @@ def expected_plan_read_bytes(plan, residency: Residency, tensors, neurons: list[
 
 
 def streaming_backend(gguf_file, kv, graphs: Mapping[str, Graph], ram_budget: int | str,
-                      max_tokens: int, plan=None, plan_named: bool = True) -> StreamingCpuBackend:
+                      max_tokens: int, plan=None, plan_named: bool = True,
+                      draft: bool = True) -> StreamingCpuBackend:
     """ram_budget: bytes, or a size as offload.budget.parse_budget reads it ('300MB', '40%');
     plan: an offload.plan_file.OffloadPlan checked against this model, or None (dense).
     A plan that was not named (found beside the model) is used only where it is expected to
     read fewer bytes per token than dense streaming at the same budget; otherwise a warning
-    says so and the weights stream densely."""
+    says so and the weights stream densely. draft: without a plan, where the output head
+    streams, reserve head rows for a resident draft (runtime/resident_draft.py); the backend's
+    `draft_rows` says how many (0: none)."""
     if not gguf_file.path:
         raise ValueError("a RAM budget streams weights from the model file, so the model must be a file")
     budget = parse_budget(ram_budget, os.path.getsize(gguf_file.path))
-    residency, schedule, neurons = _placement(gguf_file, graphs, budget, plan)
+    where = _placement(gguf_file, graphs, budget, plan, draft)
     if plan is not None and not plan_named:
-        expected = expected_plan_read_bytes(plan, residency, gguf_file.tensors, neurons)
+        expected = expected_plan_read_bytes(plan, where.residency, gguf_file.tensors, where.neurons)
         dense = dense_read_bytes(gguf_file, graphs, budget)
         if expected >= dense:
             from ..offload.budget import format_bytes
@@ -122,20 +126,33 @@ def streaming_backend(gguf_file, kv, graphs: Mapping[str, Graph], ram_budget: in
                           f"would read about {format_bytes(expected)} per token, dense streaming "
                           f"{format_bytes(dense)}", PlanNotUsedWarning, stacklevel=4)
             plan = None
-            residency, schedule, neurons = _placement(gguf_file, graphs, budget, None)
-    args = (gguf_file.tensors, kv, gguf_file.path, residency, schedule, max_tokens)
+            where = _placement(gguf_file, graphs, budget, None, draft)
+    args = (gguf_file.tensors, kv, gguf_file.path, where.residency, where.schedules, max_tokens)
     if plan is None:
         backend = StreamingCpuBackend(*args)
     else:
         from .backends.cpu_sparse import SparseCpuBackend
 
-        backend = SparseCpuBackend(*args, plan, neurons)
+        backend = SparseCpuBackend(*args, plan, where.neurons)
     backend.ram_budget = budget
+    backend.draft_rows = where.draft_rows
     return backend
 
 
-def _placement(gguf_file, graphs, budget: int, plan):
-    """(residency, streaming schedule, (pinned, slots) per layer or None) at `budget`."""
+@dataclass(frozen=True)
+class Placement:
+    residency: Residency
+    schedules: list[list[str]]              # streamed matrices in use order, one list per stream
+    neurons: list[tuple[int, int]] | None   # with a plan: (pinned, cache slots) per layer
+    draft_rows: int                         # head rows reserved for a resident draft (0: none)
+
+
+def _placement(gguf_file, graphs, budget: int, plan, draft: bool = False) -> Placement:
+    """Where each weight lives at `budget`. With `draft` (and no plan), if the output head
+    streams, the budget first sets aside resident_draft.draft_rows of its rows, and the head
+    streams on a stream of its own, so that verifying drafts reads it alone."""
+    from .resident_draft import draft_rows, head_node
+
     matrices, tables, order = weight_uses(graphs)
     sizes = {name: ref.nbytes for name, ref in gguf_file.tensors.items()}
     if plan is not None:   # the plan's bundles serve every FFN block's up and down matrices
@@ -146,7 +163,21 @@ def _placement(gguf_file, graphs, budget: int, plan):
     buffers = stream_buffer_bytes(gguf_file.tensors, matrices)
     reserve = 0 if plan is None else min_neuron_bytes(plan)   # the neuron cache's minimum
     residency: Residency = plan_residency(sizes, matrices, tables, budget - reserve, buffers)
+    node = head_node(graphs["decode"])
+    head = node.weights[0] if node is not None else None
+    rows = 0
+    if draft and plan is None and head in residency.streamed:
+        ref = gguf_file.tensors[head]
+        rows, nbytes = draft_rows(ref, budget)
+        try:
+            if rows:
+                residency = plan_residency(sizes, matrices, tables, budget - nbytes, buffers)
+                # what the matrices leave over holds more rows
+                rows = min(row_shape(ref)[0], rows + (budget - nbytes - residency.resident_bytes) // (nbytes // rows))
+        except ValueError:       # the draft's rows leave no room for what must be resident
+            rows = 0
     schedule = [name for name in order if name in residency.streamed]
     schedule += [name for name in residency.streamed if name not in schedule]
+    schedules = [[n for n in schedule if n != head], [head]] if rows else [schedule]
     neurons = None if plan is None else neuron_budget(plan, budget - residency.resident_bytes)
-    return residency, schedule, neurons
+    return Placement(residency, schedules, neurons, rows)

@@ -158,7 +158,8 @@ def test_ram_budget_adds_an_offload_report_with_greedy_decode(smollm2_path, engi
     from lanternlm.runtime.backends.cpu import row_shape
     from lanternlm.runtime.backends.cpu_streaming import chunk_rows
 
-    rc, out, err = run_bench(capsys, smollm2_path, *SMALL, "--ram-budget", "40%", "--offload-plan", "none", "--json")
+    rc, out, err = run_bench(capsys, smollm2_path, *SMALL, "--ram-budget", "40%", "--offload-plan", "none",
+                             "--no-draft", "--json")
     assert rc == 0, err
     d = json.loads(out)
     check_figures(d, P, N, R)
@@ -179,7 +180,8 @@ def test_ram_budget_adds_an_offload_report_with_greedy_decode(smollm2_path, engi
     g = read_gguf(smollm2_path)
     assert off["ram_budget_bytes"] == int(os.path.getsize(smollm2_path) * 0.4)
     assert 0 < off["resident_bytes"] <= off["ram_budget_bytes"]
-    eng = Engine.load(smollm2_path, n_ctx=96, n_batch=P, threads=1, ram_budget="40%", offload_plan=False)
+    eng = Engine.load(smollm2_path, n_ctx=96, n_batch=P, threads=1, ram_budget="40%", offload_plan=False,
+                      draft=False)
     streamed, gathered = eng.backend.residency.streamed, eng.backend.residency.gathered
     assert streamed and gathered == ("token_embd.weight",)     # tied: the head streams, rows too
     spans = 0
@@ -200,6 +202,27 @@ def test_ram_budget_adds_an_offload_report_with_greedy_decode(smollm2_path, engi
     assert spans + sum(rows) - ahead <= off["read_bytes_per_token"] <= spans + sum(r + 2 * 4096 for r in rows) + ahead
     assert off["cache_hit_rate"] is None and off["predictor_recall"] is None
     assert off["read_gbps"] > 0
+    assert off["draft"] is None
+
+
+def test_ram_budget_reports_what_drafting_did(smollm2_path, capsys, monkeypatch):
+    """With drafts (the default), the report counts the rounds and plain steps of the last
+    greedy run: every generated token came from one of them, and a read of the head serves at
+    least the one token a plain step gives."""
+    from lanternlm.runtime.resident_draft import DraftLength
+
+    monkeypatch.setattr(DraftLength, "next", lambda self: 4)       # draft every round
+    rc, out, err = run_bench(capsys, smollm2_path, *SMALL, "--ram-budget", "50%", "--offload-plan", "none", "--json")
+    assert rc == 0, err
+    off = json.loads(out)["offload"]
+    d = off["draft"]
+    reads = d["rounds"] + d["plain_steps"]
+    assert d["head_rows"] > 0 and d["rounds"] > 0
+    assert 0 <= d["kept"] <= d["drafted"] <= 4 * d["rounds"]
+    # a round emits its kept drafts and at most one sample more; a plain step one token
+    assert N <= d["kept"] + reads and d["tokens_per_head_read"] == pytest.approx(N / reads)
+    rc, out, err = run_bench(capsys, smollm2_path, *SMALL, "--ram-budget", "50%", "--offload-plan", "none")
+    assert rc == 0 and "of drafted tokens kept" in out
 
 
 def test_memory_read_from_proc_status(tmp_path):

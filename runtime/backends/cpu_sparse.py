@@ -39,9 +39,9 @@ def _sparse_ffn(ffn, act, gate, ones, acts, threshold, x, x_copy, out):
 
 
 class SparseCpuBackend(StreamingCpuBackend):
-    def __init__(self, tensors, kv, path, residency, schedule, max_tokens, plan, neurons: list[tuple[int, int]]):
+    def __init__(self, tensors, kv, path, residency, schedules, max_tokens, plan, neurons: list[tuple[int, int]]):
         """plan: offload.plan_file.OffloadPlan; neurons: (pinned, cache slots) per layer."""
-        super().__init__(tensors, kv, path, residency, schedule, max_tokens)
+        super().__init__(tensors, kv, path, residency, schedules, max_tokens)
         self.plan = plan
         self.plan_reader = DirectReader(plan.path)
         self.ffns = [SparseFFN(layer, plan.n_embd, pinned, slots, self.plan_reader, offset, max_tokens)

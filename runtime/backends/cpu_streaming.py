@@ -12,6 +12,8 @@ Counters (bytes read, reads, seconds) live on the one `DirectReader` (`backend.r
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from ...offload.direct_io import ALIGN, DirectReader, align_up, aligned_empty
@@ -60,32 +62,44 @@ def row_chunks(ref) -> list[tuple[int, int]]:
 
 
 class StreamingCpuBackend(CpuBackend):
-    def __init__(self, tensors, kv, path: str, residency: Residency, schedule: list[str],
+    def __init__(self, tensors, kv, path: str, residency: Residency, schedules: Sequence[Sequence[str]],
                  max_tokens: int):
-        """schedule: the streamed matrices in the order a forward pass uses them."""
+        """schedules: the streamed matrices in the order a forward pass uses them, in one or more
+        groups, each read by a stream of its own (a drafting engine reads its output head apart
+        from the layers, see runtime/resident_draft.py); the groups share N_SLOTS slots."""
         super().__init__(tensors, kv)
         self.residency = residency
         self.reader = DirectReader(path)
         self._resident: dict[str, np.ndarray] = {}
-        self._items: dict[tuple[str, int], int] = {}      # (matrix, first row) -> stream item
-        items, widest = [], 0
-        for name in schedule:
-            row_bytes = row_shape(tensors[name])[1]
-            for r0, r1 in row_chunks(tensors[name]):
-                self._items[(name, r0)] = len(items)
-                items.append((tensors[name].offset + r0 * row_bytes, (r1 - r0) * row_bytes))
-                widest = max(widest, r1 - r0)
-        self.stream = WeightStream(self.reader, items, N_SLOTS) if items else None
+        self._items: dict[tuple[str, int], tuple[WeightStream, int]] = {}   # (matrix, first row) ->
+        self.streams: list[WeightStream] = []
+        widest = 0
+        groups = [g for g in schedules if g]
+        for group in groups:
+            items, keys = [], []
+            for name in group:
+                row_bytes = row_shape(tensors[name])[1]
+                for r0, r1 in row_chunks(tensors[name]):
+                    keys.append((name, r0))
+                    items.append((tensors[name].offset + r0 * row_bytes, (r1 - r0) * row_bytes))
+                    widest = max(widest, r1 - r0)
+            stream = WeightStream(self.reader, items, max(2, N_SLOTS // len(groups)))
+            self.streams.append(stream)
+            self._items.update({key: (stream, i) for i, key in enumerate(keys)})
         self._scratch = np.empty(max_tokens * widest, dtype=np.float32)  # one chunk's matmul output
         self._row_bufs: dict[str, np.ndarray] = {}
         for name in sorted(residency.resident):
             ref = tensors[name]
             self._resident[name] = self.reader.read_copy(ref.offset, ref.nbytes)
         self.load_bytes = self.reader.bytes_read
-        # weights in RAM: the resident copies and the stream's slots (the matmul scratch holds
+        # weights in RAM: the resident copies and the streams' slots (the matmul scratch holds
         # activations, as the executor's arena does, and is not charged to the budget)
         self.resident_bytes = (sum(a.size for a in self._resident.values())
-                               + (self.stream.buffer_bytes if self.stream else 0))
+                               + sum(s.buffer_bytes for s in self.streams))
+
+    def stream_item(self, name: str, r0: int) -> tuple[WeightStream, int]:
+        """The stream that reads matrix `name`'s chunk starting at row r0, and its item there."""
+        return self._items[(name, r0)]
 
     @property
     def bytes_read(self) -> int:
@@ -104,9 +118,9 @@ class StreamingCpuBackend(CpuBackend):
     def close(self) -> None:
         """Stop the reader thread and close the file (the stream's thread holds only the stream,
         so this runs when the engine is collected)."""
-        if self.stream is not None:
-            self.stream.close()
-            self.stream = None
+        for stream in self.streams:
+            stream.close()
+        self.streams = []
         self.reader.close()
 
     def __del__(self):
@@ -126,11 +140,11 @@ class StreamingCpuBackend(CpuBackend):
         row_bytes = row_shape(self.tensors[name])[1]
         calls = []
         for r0, r1 in row_chunks(self.tensors[name]):
-            item, shape = self._items[(name, r0)], (r1 - r0, row_bytes)
+            (stream, item), shape = self.stream_item(name, r0), (r1 - r0, row_bytes)
             if x.shape[0] == 1:
-                calls.append((_streamed_matvec, (self.stream, item, qt.matvec, out[0, r0:r1], x[0], shape)))
+                calls.append((_streamed_matvec, (stream, item, qt.matvec, out[0, r0:r1], x[0], shape)))
             else:
-                calls.append((_streamed_matmul, (self.stream, item, qt.matmul, out[:, r0:r1], x, shape,
+                calls.append((_streamed_matmul, (stream, item, qt.matmul, out[:, r0:r1], x, shape,
                                                  self._scratch)))
         return calls
 
