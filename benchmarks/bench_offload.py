@@ -3,11 +3,14 @@
     python benchmarks/bench_offload.py MODEL [--budgets 30% 50% 70%] [--plan PLAN.gguf]
                                        [-n 32] [-r 2] [-t 2] [--json]
 
-For each budget: dense streaming (no plan), and with --plan the sparse FFN served from that
-offload plan. Decode is timed as `lantern bench --ram-budget` times it (greedy generation after
+For each budget: dense streaming one token per read ("dense", --no-draft), dense streaming with
+drafts verified several per read of the output head ("drafts", runtime/resident_draft.py; where
+the engine drafts at that budget), and with --plan the sparse FFN served from that offload plan.
+Decode is timed as `lantern bench --ram-budget` times it (greedy generation after
 the prose prompt, runtime/bench.py), and so is the in-RAM reference, measured first in the same
 run. Prints tok/s and its ratio to in-RAM decode, bytes read per generated token against dense
-streaming at the same budget, the neuron cache's hit rate and the read throughput.
+streaming at the same budget, the neuron cache's hit rate, the read throughput and, with drafts,
+the tokens each read of the head served.
 """
 from __future__ import annotations
 
@@ -45,26 +48,32 @@ def main() -> None:
     del runner
 
     rows = []
+    modes = [("dense", False, False), ("drafts", False, True)] + ([("plan", args.plan, False)] if args.plan else [])
     for budget in args.budgets:
-        for plan in ([False] + ([args.plan] if args.plan else [])):
-            opts = LoadOptions(**{**base.__dict__, "ram_budget": budget, "offload_plan": plan})
+        for mode, plan, draft in modes:
+            opts = LoadOptions(**{**base.__dict__, "ram_budget": budget, "offload_plan": plan, "draft": draft})
             r = bench_engine("lantern", path, opts, **protocol)
             off = r.offload
-            rows.append({"budget": budget, "plan": bool(plan), "tg_tps": r.tg.best, "in_ram_tps": in_ram,
+            if draft and off["draft"] is None:       # no draft at this budget: the dense row says it
+                continue
+            rows.append({"budget": budget, "mode": mode, "tg_tps": r.tg.best, "in_ram_tps": in_ram,
                          "ratio": r.tg.best / in_ram, **off})
     if args.json:
         print(json.dumps({"model": args.model, "rows": rows}))
         return
     print(f"{args.model}: in-RAM decode {in_ram:.1f} tok/s (best of {args.repetitions}, greedy after the prose prompt)")
     print(f"{'budget':>7} {'mode':>6} {'tok/s':>7} {'vs RAM':>7} {'read/token':>11} {'dense/token':>12} "
-          f"{'less':>6} {'hit rate':>8} {'GB/s':>5}")
+          f"{'less':>6} {'hit rate':>8} {'GB/s':>5} {'tokens/read':>11} {'kept':>5}")
     for row in rows:
         less = row["dense_read_bytes_per_token"] / row["read_bytes_per_token"] if row["read_bytes_per_token"] else 0
         hit = "-" if row["cache_hit_rate"] is None else f"{row['cache_hit_rate']:.0%}"
         gbps = "-" if row["read_gbps"] is None else f"{row['read_gbps']:.2f}"
-        print(f"{row['budget']:>7} {'plan' if row['plan'] else 'dense':>6} {row['tg_tps']:7.1f} {row['ratio']:7.0%} "
+        d = row["draft"] or {}
+        per_read = "-" if d.get("tokens_per_head_read") is None else f"{d['tokens_per_head_read']:.2f}"
+        kept = "-" if d.get("acceptance") is None else f"{d['acceptance']:.0%}"
+        print(f"{row['budget']:>7} {row['mode']:>6} {row['tg_tps']:7.1f} {row['ratio']:7.0%} "
               f"{format_bytes(row['read_bytes_per_token']):>11} {format_bytes(row['dense_read_bytes_per_token']):>12} "
-              f"{less:5.2f}x {hit:>8} {gbps:>5}")
+              f"{less:5.2f}x {hit:>8} {gbps:>5} {per_read:>11} {kept:>5}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ costs the same and the budget should simply be filled. The order in which matric
 
 1. vectors (norms, biases): tiny, and read as a whole every layer;
 2. attention matrices: small and many (per-read overhead), and needed for every token;
-3. FFN matrices, layer by layer;
+3. FFN matrices, a layer's together, the layers in bit-reversed order (0, 8, 4, 12, 2, ... of 16),
+   so that those left to stream are spread evenly through the forward pass: the I/O thread then
+   reads each one while the layers before it compute, instead of all of them at the end;
 4. the output head last: one large matrix streams at the disk's best rate.
 
 Tables only gathered by row (a token embedding that is not also the head) never need to be
@@ -24,11 +26,23 @@ _CLASS_ORDER = (("attn_", 0), ("ffn_", 1))
 _LAYER = re.compile(r"^blk\.(\d+)\.")
 
 
-def _claim_order(name: str) -> tuple:
-    """Sort key: attention before FFN before everything else (the head); then by layer."""
-    cls = next((rank for tag, rank in _CLASS_ORDER if tag in name), len(_CLASS_ORDER))
+def _layer(name: str) -> int:
     m = _LAYER.match(name)
-    return cls, int(m.group(1)) if m else 0, name
+    return int(m.group(1)) if m else 0
+
+
+def spread_rank(layer: int, n_layers: int) -> int:
+    """`layer`'s place in an order of 0..n_layers-1 whose every suffix is spread evenly: its
+    number with the bits reversed (a van der Corput sequence)."""
+    bits = max(1, (n_layers - 1).bit_length())
+    return int(format(layer, f"0{bits}b")[::-1], 2)
+
+
+def _claim_order(name: str, n_layers: int) -> tuple:
+    """Sort key: attention by layer, then FFN in spread order, then everything else (the head)."""
+    cls = next((rank for tag, rank in _CLASS_ORDER if tag in name), len(_CLASS_ORDER))
+    layer = _layer(name)
+    return cls, spread_rank(layer, n_layers) if cls == 1 else layer, name
 
 
 @dataclass(frozen=True)
@@ -54,7 +68,8 @@ def plan_residency(nbytes: Mapping[str, int], matrices: set[str], tables: set[st
         raise ValueError(f"a RAM budget of {format_bytes(budget)} is too small for this model: its "
                          f"norms, biases and streaming buffers alone need {format_bytes(used)}")
     resident, streamed = set(vectors), []
-    for name in sorted(matrices, key=_claim_order):
+    n_layers = 1 + max((_layer(n) for n in matrices), default=0)
+    for name in sorted(matrices, key=lambda n: _claim_order(n, n_layers)):
         if used + nbytes[name] <= budget:
             resident.add(name)
             used += nbytes[name]

@@ -14,7 +14,7 @@ from gguf import GGMLQuantizationType as T
 from lanternlm.formats.writer import write_gguf
 from lanternlm.offload.budget import parse_budget
 from lanternlm.offload.direct_io import DirectReader, span_bytes
-from lanternlm.offload.residency import plan_residency
+from lanternlm.offload.residency import plan_residency, spread_rank
 from lanternlm.offload.weight_stream import WeightStream
 from lanternlm.quant import quantize
 from lanternlm.runtime.backends import cpu_streaming
@@ -64,6 +64,15 @@ def test_residency_fills_the_budget_in_claim_order():
     assert r.streamed == ("token_embd.weight",) and r.gathered == ("token_embd.weight",)
     with pytest.raises(ValueError, match="too small"):
         plan_residency(sizes, matrices, {"token_embd.weight"}, budget=60, buffer_bytes=50)
+
+
+def test_ffn_matrices_left_to_stream_are_spread_over_the_layers():
+    """8 layers of FFN, room for 6: the two that stream are 3 and 7 (the last of the
+    bit-reversed order 0 4 2 6 1 5 3 7), not 6 and 7, so each is read while earlier layers run."""
+    sizes = {f"blk.{i}.ffn_up.weight": 100 for i in range(8)}
+    r = plan_residency(sizes, set(sizes), set(), budget=600 + 10, buffer_bytes=10)
+    assert set(r.streamed) == {"blk.3.ffn_up.weight", "blk.7.ffn_up.weight"}
+    assert [spread_rank(i, 24) for i in (0, 1, 2, 23)] == [0, 16, 8, 29]
 
 
 # ---- I/O -------------------------------------------------------------------------------------
