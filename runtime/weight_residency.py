@@ -149,9 +149,10 @@ class Placement:
 
 def _placement(gguf_file, graphs, budget: int, plan, draft: bool = False) -> Placement:
     """Where each weight lives at `budget`. With `draft` (and no plan), if the output head
-    streams, the budget first sets aside resident_draft.draft_rows of its rows, and the head
-    streams on a stream of its own, so that verifying drafts reads it alone."""
-    from .resident_draft import draft_rows, head_node
+    streams and drafting is expected to pay (resident_draft.draft_pays), the budget first sets
+    aside resident_draft.draft_rows of its rows, and the head streams on a stream of its own,
+    so that verifying drafts reads it alone."""
+    from .resident_draft import draft_pays, draft_rows, head_node
 
     matrices, tables, order = weight_uses(graphs)
     sizes = {name: ref.nbytes for name, ref in gguf_file.tensors.items()}
@@ -170,11 +171,15 @@ def _placement(gguf_file, graphs, budget: int, plan, draft: bool = False) -> Pla
         ref = gguf_file.tensors[head]
         rows, nbytes = draft_rows(ref, budget)
         try:
-            if rows:
-                residency = plan_residency(sizes, matrices, tables, budget - nbytes, buffers)
-                # what the matrices leave over holds more rows
-                rows = min(row_shape(ref)[0], rows + (budget - nbytes - residency.resident_bytes) // (nbytes // rows))
+            drafting = plan_residency(sizes, matrices, tables, budget - nbytes, buffers) if rows else None
         except ValueError:       # the draft's rows leave no room for what must be resident
+            drafting = None
+        body = lambda r: sum(sizes[n] for n in r.streamed if n != head)    # noqa: E731
+        if drafting is not None and draft_pays(body(residency), body(drafting), sizes[head]):
+            residency = drafting
+            # what the matrices leave over holds more rows
+            rows = min(row_shape(ref)[0], rows + (budget - nbytes - residency.resident_bytes) // (nbytes // rows))
+        else:
             rows = 0
     schedule = [name for name in order if name in residency.streamed]
     schedule += [name for name in residency.streamed if name not in schedule]

@@ -209,9 +209,11 @@ def test_ram_budget_reports_what_drafting_did(smollm2_path, capsys, monkeypatch)
     """With drafts (the default), the report counts the rounds and plain steps of the last
     greedy run: every generated token came from one of them, and a read of the head serves at
     least the one token a plain step gives."""
+    from lanternlm.runtime import resident_draft
     from lanternlm.runtime.resident_draft import DraftLength
 
     monkeypatch.setattr(DraftLength, "next", lambda self: 4)       # draft every round
+    monkeypatch.setattr(resident_draft, "MIN_GAIN", 0.0)           # even where it would not pay
     rc, out, err = run_bench(capsys, smollm2_path, *SMALL, "--ram-budget", "50%", "--offload-plan", "none", "--json")
     assert rc == 0, err
     off = json.loads(out)["offload"]

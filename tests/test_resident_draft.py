@@ -35,9 +35,13 @@ def generate(engine, prompt, n, sampler):
 
 @pytest.fixture(scope="module")
 def smollm2_engines(smollm2_path):
-    """(in RAM, drafting at a 50% budget): SmolLM2's tied head streams, the layers do not all fit."""
+    """(in RAM, drafting at a 50% budget): SmolLM2's tied head streams, and so do some layers,
+    which every draft step reads (drafting is forced on: at this budget it would not pay)."""
     ram = Engine.load(smollm2_path, n_ctx=160, threads=2)
-    drafting = Engine.load(smollm2_path, n_ctx=160, threads=2, ram_budget="50%", offload_plan=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(resident_draft, "MIN_GAIN", 0.0)
+        drafting = Engine.load(smollm2_path, n_ctx=160, threads=2, ram_budget="50%", offload_plan=False)
+    assert drafting.backend.residency.streamed != (drafting.draft.head,)
     assert drafting.draft is not None
     assert drafting.backend.resident_bytes <= 0.5 * os.path.getsize(smollm2_path)
     return ram, drafting
@@ -102,6 +106,7 @@ def test_drafting_on_tiny_models_equals_plain_decode(tmp_path, arch, monkeypatch
     monkeypatch.setattr(resident_draft, "MIN_DRAFT_ROWS", 4)
     monkeypatch.setattr(resident_draft, "DRAFT_ROWS", 24)
     monkeypatch.setattr(resident_draft, "DRAFT_BUDGET_SHARE", 1)
+    monkeypatch.setattr(resident_draft, "MIN_GAIN", 0.0)
     ram = Engine.load(path, n_ctx=64, threads=1)
     prompt = [3, 17, 42, 5, 9]
     want = generate(ram, prompt, 30, greedy)
@@ -123,6 +128,21 @@ def test_draft_rows_are_the_heads_rows_requantized_to_q4_0(smollm2_engines, smol
     rows = gguf_quants.dequantize(np.asarray(ref.data).reshape(ref.shape[0], -1)[pick], T.Q8_0)
     want = gguf_quants.quantize(rows, T.Q4_0)
     np.testing.assert_array_equal(draft.head_rows[[0, 1, 500, -1]], want)
+
+
+def test_drafting_claims_the_budget_only_where_it_is_expected_to_pay(smollm2_path):
+    """SmolLM2's head is 30% of its file: at 50% the layers that would stream to make room for
+    draft rows cost about what drafting saves (measured slower); at 90% without draft rows only
+    the head would stream."""
+    assert Engine.load(smollm2_path, n_ctx=64, ram_budget="50%", offload_plan=False).draft is None
+    assert Engine.load(smollm2_path, n_ctx=64, ram_budget="90%", offload_plan=False).draft is not None
+    a = resident_draft.ASSUMED_ACCEPTANCE
+    # hand-computed: head 100, no body: k = 8 reads 100 per 1 + a + ... + a^7 = 4.16 tokens
+    assert resident_draft.draft_pays(0, 0, 100) and 100 / sum(a ** j for j in range(8)) < 100 / 1.15
+    # body 80 + head 100 per plain token; with the rows, 95 of body per step: k = 2 reads
+    # (190 + 100) / 1.8 = 161, k = 3 (285 + 100) / 2.44 = 158, both within 1.15x of 180
+    assert not resident_draft.draft_pays(80, 95, 100)
+    assert resident_draft.draft_pays(80, 85, 100)            # k = 3: 355 / 2.44 = 145.5
 
 
 def test_draft_length_weighs_measured_costs():
