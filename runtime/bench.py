@@ -348,10 +348,9 @@ PROSE_PROMPT_TOKENS = 64
 
 def prose_prompt(engine, n_tokens: int = PROSE_PROMPT_TOKENS) -> list[int]:
     """The first n_tokens of the offload module's held-out prose (offload/texts/evaluation.txt)."""
-    from ..formats.tokenizer import load_tokenizer
     from ..offload.texts import read_text
 
-    ids = load_tokenizer(engine.gguf.kv).encode(read_text("evaluation"), add_special=True)
+    ids = engine.tokenizer.encode(read_text("evaluation"), add_special=True)
     return list(ids[:n_tokens])
 
 

@@ -77,6 +77,7 @@ class Engine:
         self.governor = (ThreadGovernor(numba.config.NUMBA_NUM_THREADS)
                          if threads is None and backend == "cpu" else None)
         self.gguf = gguf_file
+        self._tokenizer = None
         self.cfg = ModelConfig.from_kv(gguf_file.kv)
         self.n_ctx = n_ctx
         self.n_batch = min(n_batch, n_ctx)
@@ -96,7 +97,10 @@ class Engine:
         kv_dtype = backend_cls.kv_dtype(kv_type) if hasattr(backend_cls, "kv_dtype") else np.float32
         self._check_context(n_ctx, backend_cls, kv_dtype)
         if ram_budget is None and backend_class is None and backend == "cpu" and gguf_file.path:
-            ram_budget = self._automatic_budget(KVCache.nbytes_for(self.cfg, n_ctx, kv_dtype))
+            from .resident_draft import draft_buffer_bytes
+
+            extra = draft_buffer_bytes(self.cfg.n_vocab) if draft else 0
+            ram_budget = self._automatic_budget(KVCache.nbytes_for(self.cfg, n_ctx, kv_dtype) + extra)
         self.kv = KVCache.for_config(self.cfg, n_ctx, zeros=backend_cls.zeros, dtype=kv_dtype)
         if ram_budget is None:
             self.backend = backend_cls(gguf_file.tensors, self.kv)
@@ -115,11 +119,12 @@ class Engine:
             self.draft = None
             if ram_budget is not None and draft:
                 from .resident_draft import resident_draft
-                self.draft = resident_draft(self.backend, self.graphs, gguf_file)
+                self.draft = resident_draft(self)
 
     def _automatic_budget(self, kv_bytes: int) -> int | None:
         """None when the model file fits in the memory available (MemAvailable, or a cgroup's
-        limit: a container, a memory-capped service) next to its KV cache and the runtime; else
+        limit: a container, a memory-capped service) next to its KV cache (and a draft's
+        buffers, which kv_bytes includes) and the runtime; else
         the bytes of weights that do fit, said in a warning, so the rest streams from disk
         instead of thrashing the page cache."""
         from .memory_limits import available_memory, format_bytes
@@ -171,6 +176,18 @@ class Engine:
             warnings.warn(f"a context of {n_ctx} tokens is longer than the {self.cfg.n_ctx_train} "
                           f"this model was trained on ({self.cfg.arch}.context_length); text past "
                           f"that is likely to degrade", ContextBeyondTrainingWarning, stacklevel=3)
+
+    @property
+    def tokenizer(self):
+        """The file's tokenizer (formats.tokenizer), built once on first use and shared by
+        whoever needs it (the draft's token order, Model): a large vocabulary's costs tens of
+        MiB, which under a tight memory cap must not be paid twice. ValueError if the file's
+        tokenizer is unsupported or missing."""
+        if self._tokenizer is None:
+            from ..formats.tokenizer import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.gguf.kv)
+        return self._tokenizer
 
     @classmethod
     def load(cls, path: str | os.PathLike, **kwargs) -> Engine:

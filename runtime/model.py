@@ -36,7 +36,6 @@ import numpy as np
 
 from ..formats.catalog import resolve
 from ..formats.chat_template import chat_template_for, prompt_render_limits, render_chat
-from ..formats.tokenizer import load_tokenizer
 from . import openai_shapes as shapes
 from .backends import get_backend
 from .embedding import choose_pooling, pool, pooling_name
@@ -119,7 +118,7 @@ class Model:
                                   backend=backend, device=device, weights=weights, ram_budget=ram_budget,
                                   offload_plan=offload_plan, draft=draft)
         kv = self.engine.gguf.kv
-        self.tokenizer = load_tokenizer(kv)
+        self.tokenizer = self.engine.tokenizer
         self.name = str(model_path)
         self.chat_template = chat_template or chat_template_for(kv)
         self.context = KVContext(self.engine, n_ctx)

@@ -33,6 +33,7 @@ from collections import Counter
 
 import numpy as np
 from gguf import GGMLQuantizationType
+from gguf import quants as gguf_quants
 
 from ..quant import QTYPES
 from .backends.cpu import quant_type, row_shape
@@ -48,14 +49,25 @@ MIN_DRAFT_ROWS = 1024     # fewer rows than this guess too rarely to pay for dra
 # The draft's rows are requantized to Q4_0 where that is smaller than the head's own type: a
 # guess needs only the top token, and twice the rows in the same bytes guess right more often.
 DRAFT_TYPE = GGMLQuantizationType.Q4_0
+# They are converted with gguf-py's numpy dequantizer and quantizer (byte-identical to ours), a
+# few rows at a time: loading a parallel Numba kernel the model does not otherwise use (the
+# head type's dequantizer) cost the process 40 MiB, more than the draft's rows, which under a
+# tight memory cap (an automatic budget) decides between running and being killed.
+REQUANTIZE_ROWS = 256
 
 
 def draft_row_type(head_ref):
     """The QuantType of a draft's head rows: DRAFT_TYPE where it is smaller and fits the rows."""
     own, small = quant_type(head_ref), QTYPES[DRAFT_TYPE]
     n = int(head_ref.shape[-1])
-    fits = small.quantize is not None and n % small.block_size == 0
+    fits = n % small.block_size == 0
     return small if fits and small.row_bytes(n) < own.row_bytes(n) else own
+
+
+def draft_buffer_bytes(n_vocab: int) -> int:
+    """Memory a draft holds besides its rows: the verified logits (MAX_DRAFT rows) and the
+    draft head's scores."""
+    return (MAX_DRAFT * n_vocab + DRAFT_ROWS) * 4
 
 
 def draft_rows(head_ref, budget: int) -> tuple[int, int]:
@@ -93,14 +105,13 @@ def draft_token_order(tokenizer, text: str, n_vocab: int) -> np.ndarray:
     return np.concatenate([seen, rest])
 
 
-def likely_tokens(kv, n_vocab: int) -> np.ndarray:
+def likely_tokens(engine, n_vocab: int) -> np.ndarray:
     """draft_token_order on the offload module's calibration text, or plain id order for a
     file whose tokenizer lanternlm cannot build (the engine runs token ids without one)."""
-    from ..formats.tokenizer import load_tokenizer
     from ..offload.texts import read_text
 
     try:
-        tokenizer = load_tokenizer(kv)
+        tokenizer = engine.tokenizer
     except ValueError:
         return np.arange(n_vocab, dtype=np.int64)
     return draft_token_order(tokenizer, read_text("calibration"), n_vocab)
@@ -231,7 +242,7 @@ class ResidentDraft:
     @staticmethod
     def _read_rows(backend, ref, token_ids, row_type) -> np.ndarray:
         """The head rows of `token_ids` as `row_type`, read chunk by chunk at the disk's
-        sequential rate (and requantized a chunk at a time)."""
+        sequential rate (and requantized a few rows at a time)."""
         own = quant_type(ref)
         n = int(ref.shape[-1])
         _, row_bytes = row_shape(ref)
@@ -241,12 +252,13 @@ class ResidentDraft:
             if lo == hi:
                 continue
             chunk = backend.reader.read_copy(ref.offset + r0 * row_bytes, (r1 - r0) * row_bytes)
-            picked = np.ascontiguousarray(chunk.reshape(r1 - r0, row_bytes)[token_ids[lo:hi] - r0])
-            if row_type is not own:
-                values = np.empty(picked.shape[0] * n, dtype=np.float32)
-                own.dequantize(values, picked.reshape(-1))
-                picked = row_type.quantize(values.reshape(-1, n))
-            rows[lo:hi] = picked
+            picked = chunk.reshape(r1 - r0, row_bytes)[token_ids[lo:hi] - r0]
+            if row_type is own:
+                rows[lo:hi] = picked
+                continue
+            for i in range(0, hi - lo, REQUANTIZE_ROWS):
+                values = gguf_quants.dequantize(picked[i:i + REQUANTIZE_ROWS], own.qtype)
+                rows[lo + i:lo + i + values.shape[0]] = gguf_quants.quantize(values, row_type.qtype)
         return rows
 
     # ---- one round -----------------------------------------------------------------------------
@@ -294,15 +306,16 @@ class ResidentDraft:
         self.length.kept_of(emitted, kept)
 
 
-def resident_draft(backend, graphs, gguf_file) -> ResidentDraft | None:
-    """The draft of a backend placed with draft rows (weight_residency: `backend.draft_rows`),
-    or None."""
+def resident_draft(engine) -> ResidentDraft | None:
+    """The draft of an engine whose backend was placed with draft rows (weight_residency:
+    `backend.draft_rows`), or None."""
+    backend = engine.backend
     n = getattr(backend, "draft_rows", 0)
     if not n or type(backend) is not StreamingCpuBackend:
         return None
-    decode = graphs["decode"]
+    decode = engine.graphs["decode"]
     head = head_node(decode).weights[0]
-    order = likely_tokens(gguf_file.kv, row_shape(backend.tensors[head])[0])
+    order = likely_tokens(engine, row_shape(backend.tensors[head])[0])
     draft = ResidentDraft(backend, decode, head, np.sort(order[:n]))
     backend.resident_bytes += draft.nbytes
     return draft
