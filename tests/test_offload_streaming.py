@@ -216,6 +216,7 @@ def test_a_model_larger_than_the_memory_available_gets_a_budget_and_a_notice(tmp
     from lanternlm.runtime import engine as engine_module
     from lanternlm.runtime import memory_limits
     from lanternlm.runtime.kv_cache import KVCache
+    from lanternlm.runtime.resident_draft import draft_buffer_bytes
 
     path = write_mixed_model(tmp_path / "m.gguf", "llama")
     want = every_output(Engine.load(path, n_ctx=32, n_batch=5, threads=1))
@@ -223,7 +224,8 @@ def test_a_model_larger_than_the_memory_available_gets_a_budget_and_a_notice(tmp
     probe = Engine.load(path, n_ctx=32, n_batch=5, threads=1)
     kv = KVCache.nbytes_for(probe.cfg, 32, probe.kv.k[0].dtype)
     monkeypatch.setattr(cpu_streaming, "CHUNK_BYTES", 1)                 # small streaming buffers
-    room = kv + engine_module.AUTO_BUDGET_HEADROOM + size * 3 // 4        # 3/4 of the file fits
+    room = (kv + draft_buffer_bytes(probe.cfg.n_vocab)                    # 3/4 of the file fits
+            + engine_module.AUTO_BUDGET_HEADROOM + size * 3 // 4)
     monkeypatch.setattr(memory_limits, "available_memory",
                         lambda: memory_limits.AvailableMemory(room, "cgroup v1 limit (test)"))
     with pytest.warns(engine_module.AutomaticBudgetWarning, match="does not fit.*cgroup v1 limit"):
