@@ -6,6 +6,7 @@
     logits = eng.eval([next_id])         # appends at position eng.n_past
     eng.truncate(n); eng.reset()         # drop cached tokens past n / all of them
     every = eng.logits(ids)              # f32 (len(ids), n_vocab), from an empty cache
+    drafts, rows = eng.speculate(tok, k) # with eng.draft (a budget): k drafts, k rows of logits
     hidden = eng.embeddings(ids)         # f32 (len(ids), n_embd): final hidden states, ditto
 
 Three graphs are built and planned at load: decode (1 token), prefill (n_batch tokens, last
@@ -17,7 +18,9 @@ With a RAM budget (bytes, or '300MB', '1.5GB', '40%' of the file) the cpu backen
 that many bytes of weights in RAM and streams the rest from disk at every use
 (runtime/weight_residency.py, backends/cpu_streaming.py), bit-identical to the in-RAM engine;
 with an offload plan (`lantern offload`; found beside the model, or `offload_plan=PATH`) the
-FFN is served sparsely from the plan's neuron bundles (backends/cpu_sparse.py).
+FFN is served sparsely from the plan's neuron bundles (backends/cpu_sparse.py). Where the budget
+leaves the output head streaming, `draft` drafts tokens without it and `speculate` verifies
+several with one read of it, bit-identical to decode (resident_draft.py; generate.py uses it).
 """
 from __future__ import annotations
 
@@ -271,8 +274,8 @@ class Engine:
         buffer, valid until the next call). Needs `draft` (see resident_draft.py); the caller
         truncates the cache after the first draft it rejects."""
         if self.draft is None:
-            raise ValueError("this engine has no draft: drafting runs under a RAM budget that streams "
-                             "only the output head")
+            raise ValueError("this engine has no draft: drafting runs under a RAM budget where the output "
+                             "head streams and drafting is expected to pay (resident_draft.py)")
         if not 1 <= k <= self.draft.max_draft:
             raise ValueError(f"k must be 1..{self.draft.max_draft}, got {k}")
         self._check_ids([token] * k)
