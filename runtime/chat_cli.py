@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..formats.catalog import DEFAULT_MODEL
-from .cli_common import (SETTINGS, add_runtime_args, add_sampling_args, apply_setting,
-                         describe_settings, dim, generation_summary, load_model,
+from .cli_common import (SETTINGS, add_constraint_args, add_runtime_args, add_sampling_args, apply_setting,
+                         constraint_option, describe_settings, dim, generation_summary, load_model,
                          max_tokens_option, sampling_options, speed, utf8_argument)
 from .terminal_group import own_foreground_group
 
@@ -43,6 +43,7 @@ def configure_parser(p) -> None:
     p.add_argument("-s", "--system", metavar="TEXT", help="system prompt")
     p.add_argument("-q", "--quiet", action="store_true", help="no banner and no stats line after each answer")
     add_sampling_args(p, max_tokens=DEFAULT_CHAT_MAX_TOKENS)
+    add_constraint_args(p)
     add_runtime_args(p, ctx=DEFAULT_CHAT_CTX)
 
 
@@ -346,7 +347,7 @@ def _enable_line_editing() -> None:
 def main(args) -> int:
     from .chat_session import ChatSession
 
-    options = {**sampling_options(args), "max_tokens": max_tokens_option(args)}
+    options = {**sampling_options(args), "max_tokens": max_tokens_option(args), "grammar": constraint_option(args)}
     utf8_argument(args.system, "-s/--system")
     interactive = sys.stdin.isatty()
     # interactively, Ctrl-C belongs to the chat alone (not to a `make chat` around it)

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import sys
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any, Callable
 
 from .generate import generation_summary, speed
@@ -44,6 +45,29 @@ def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
                         "as in llama.cpp (default: random)")
     g.add_argument("-n", "--max-tokens", type=int, default=max_tokens, metavar="N",
                    help=f"most tokens to generate; -1 = until the context is full (default {max_tokens})")
+
+
+def add_constraint_args(p: argparse.ArgumentParser) -> None:
+    """--json-schema FILE and --grammar FILE: output that follows a schema or a GBNF grammar."""
+    g = p.add_argument_group("constrained output").add_mutually_exclusive_group()
+    g.add_argument("--json-schema", metavar="FILE",
+                   help="the output is JSON valid against the JSON schema in FILE")
+    g.add_argument("--grammar", metavar="FILE", help="the output follows the GBNF grammar in FILE (llama.cpp's format)")
+
+
+def constraint_option(args: argparse.Namespace):
+    """--json-schema / --grammar as a constraints.Grammar (or None), read and checked now,
+    before a model is loaded."""
+    from .constraints import Grammar
+
+    path = args.json_schema or args.grammar
+    if path is None:
+        return None
+    flag = "--json-schema" if args.json_schema else "--grammar"
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{flag}: file not found: {path}")
+    text = decode_utf8(Path(path).read_bytes(), path)
+    return Grammar.from_json_schema(text) if args.json_schema else Grammar.from_gbnf(text)
 
 
 def add_runtime_args(p: argparse.ArgumentParser, ctx: int | None, ctx_help: str | None = None) -> None:

@@ -39,6 +39,7 @@ from ..formats.chat_template import chat_template_for, prompt_render_limits, ren
 from . import openai_shapes as shapes
 from .backends import get_backend
 from .embedding import choose_pooling, pool, pooling_name
+from .constraints import Grammar, constrain, grammar_argument, response_format_grammar
 from .engine import Engine
 from .generate import GenerationChunk, KVContext, generation_summary, stream_generate
 from .sampling import SamplerFn, sampler_for
@@ -239,8 +240,9 @@ class Model:
             return self.tokenize(prompt)
         return [int(t) for t in prompt]
 
-    def _generate(self, prompt_ids: list[int], max_tokens: int | None, stop, sampler: SamplerFn
-                  ) -> Iterator[GenerationChunk]:
+    def _generate(self, prompt_ids: list[int], max_tokens: int | None, stop, sampler: SamplerFn,
+                  grammar: Grammar | str | None = None) -> Iterator[GenerationChunk]:
+        sampler = constrain(sampler, grammar_argument(grammar), self.tokenizer)
         chunks = stream_generate(self.context, self.tokenizer, prompt_ids, sampler,
                                  max_tokens=max_tokens, stop=stop or ())
         return self._reported(chunks) if self.verbose else chunks
@@ -253,38 +255,44 @@ class Model:
                     print(f"lanternlm: {generation_summary(chunk.stats)}", file=sys.stderr)
 
     def stream_generate(self, prompt: str | Sequence[int], max_tokens: int | None = DEFAULT_MAX_TOKENS,
-                        stop: str | Iterable[str] | None = (), **sampling) -> Iterator[GenerationChunk]:
-        """The full-detail stream (text, token, finish_reason, stats per chunk) the others build on."""
+                        stop: str | Iterable[str] | None = (), grammar: Grammar | str | None = None,
+                        **sampling) -> Iterator[GenerationChunk]:
+        """The full-detail stream (text, token, finish_reason, stats per chunk) the others build on.
+        grammar (here and in every generating method): a Grammar (runtime/constraints.py: JSON
+        schema, JSON object, GBNF, regex, Lark) or a GBNF text the output must follow."""
         sampler = sampler_for("Model.stream_generate", sampling)
-        return self._generate(self.prompt_ids(prompt), max_tokens, stop, sampler)
+        return self._generate(self.prompt_ids(prompt), max_tokens, stop, sampler, grammar)
 
     def stream(self, prompt: str | Sequence[int], max_tokens: int | None = DEFAULT_MAX_TOKENS,
-               stop: str | Iterable[str] | None = (), **sampling) -> Iterator[str]:
+               stop: str | Iterable[str] | None = (), grammar: Grammar | str | None = None,
+               **sampling) -> Iterator[str]:
         """Yield the continuation of `prompt` piece by piece (non-empty strings)."""
         sampler = sampler_for("Model.stream", sampling)
-        return _texts(self._generate(self.prompt_ids(prompt), max_tokens, stop, sampler))
+        return _texts(self._generate(self.prompt_ids(prompt), max_tokens, stop, sampler, grammar))
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int | None = DEFAULT_MAX_TOKENS,
-                 stop: str | Iterable[str] | None = (), **sampling) -> str:
+                 stop: str | Iterable[str] | None = (), grammar: Grammar | str | None = None,
+                 **sampling) -> str:
         """The continuation of `prompt` (the prompt itself is not repeated)."""
         sampler = sampler_for("Model.generate", sampling)
-        return "".join(_texts(self._generate(self.prompt_ids(prompt), max_tokens, stop, sampler)))
+        return "".join(_texts(self._generate(self.prompt_ids(prompt), max_tokens, stop, sampler, grammar)))
 
     def create_completion(self, prompt: str | Sequence[int], *, max_tokens: int | None = DEFAULT_MAX_TOKENS,
                           stop: str | Iterable[str] | None = (), stream: bool = False,
-                          logprobs: int | None = None, model: str | None = None, **options):
+                          logprobs: int | None = None, model: str | None = None,
+                          grammar: Grammar | str | None = None, **options):
         """llama-cpp-python's create_completion (also `model(prompt, ...)`): an OpenAI-shaped
         text_completion dict, or with stream=True an iterator of chunk dicts (one per piece of
         text, then one with the finish_reason). logprobs=N adds each generated token's
         log-probability and the N most likely tokens at its step; model names the model in the
-        result (default: the path or name it was loaded from). Sampling keywords as generate();
-        llama-cpp-python's other keywords (echo, suffix, grammar, mirostat_mode, ...) only at
-        the value that leaves them off."""
+        result (default: the path or name it was loaded from); grammar as generate(). Sampling
+        keywords as generate(); llama-cpp-python's other keywords (echo, suffix, mirostat_mode,
+        ...) only at the value that leaves them off."""
         sampler = sampler_for("Model.create_completion",
                               shapes.without_off_options("Model.create_completion", options))
         recorder = shapes.LogprobRecorder(sampler, logprobs) if logprobs is not None else None
         prompt_ids = self.prompt_ids(prompt)
-        chunks = self._generate(prompt_ids, max_tokens, stop, recorder or sampler)
+        chunks = self._generate(prompt_ids, max_tokens, stop, recorder or sampler, grammar)
         fmt = None
         if recorder is not None:    # offsets count from the end of the prompt's text
             text = prompt if isinstance(prompt, str) else self.detokenize(prompt_ids)
@@ -317,31 +325,41 @@ class Model:
 
     def stream_chat(self, messages: Sequence[Mapping[str, Any]],
                     max_tokens: int | None = DEFAULT_MAX_TOKENS,
-                    stop: str | Iterable[str] | None = (), **sampling) -> Iterator[str]:
+                    stop: str | Iterable[str] | None = (), grammar: Grammar | str | None = None,
+                    **sampling) -> Iterator[str]:
         """Yield the assistant's reply to `messages` piece by piece."""
         sampler = sampler_for("Model.stream_chat", sampling)
-        return _texts(self._generate(self.chat_prompt_ids(messages), max_tokens, stop, sampler))
+        return _texts(self._generate(self.chat_prompt_ids(messages), max_tokens, stop, sampler, grammar))
 
     def chat(self, messages: Sequence[Mapping[str, Any]], max_tokens: int | None = DEFAULT_MAX_TOKENS,
-             stop: str | Iterable[str] | None = (), **sampling) -> str:
+             stop: str | Iterable[str] | None = (), grammar: Grammar | str | None = None, **sampling) -> str:
         """The assistant's reply to `messages` ([{"role": "user", "content": "..."}, ...])."""
         sampler = sampler_for("Model.chat", sampling)
-        return "".join(_texts(self._generate(self.chat_prompt_ids(messages), max_tokens, stop, sampler)))
+        return "".join(_texts(self._generate(self.chat_prompt_ids(messages), max_tokens, stop, sampler, grammar)))
 
     def create_chat_completion(self, messages: Sequence[Mapping[str, Any]], *, stream: bool = False,
                                max_tokens: int | None = DEFAULT_MAX_TOKENS,
                                stop: str | Iterable[str] | None = (), logprobs: bool = False,
-                               top_logprobs: int | None = None, model: str | None = None, **options):
+                               top_logprobs: int | None = None, model: str | None = None,
+                               response_format: Mapping[str, Any] | None = None,
+                               grammar: Grammar | str | None = None, **options):
         """An OpenAI-shaped chat completion dict, or with stream=True an iterator of chunk dicts
         (first a role delta, then content deltas, then an empty delta with the finish_reason).
         logprobs=True adds each generated token's log-probability, with the top_logprobs most
-        likely tokens at its step. Other keywords as create_completion."""
+        likely tokens at its step. response_format as OpenAI's: {"type": "json_object"} (with
+        llama-cpp-python's optional "schema") or {"type": "json_schema", "json_schema":
+        {"schema": {...}}} makes the reply JSON (valid against the schema). Other keywords as
+        create_completion."""
         sampler = sampler_for("Model.create_chat_completion",
                               shapes.without_off_options("Model.create_chat_completion", options))
         if top_logprobs is not None and not logprobs:
             raise ValueError("top_logprobs needs logprobs=True")
+        formatted = response_format_grammar(response_format)
+        if formatted is not None and grammar is not None:
+            raise ValueError("give response_format or grammar, not both")
         recorder = shapes.LogprobRecorder(sampler, top_logprobs or 0) if logprobs else None
-        chunks = self._generate(self.chat_prompt_ids(messages), max_tokens, stop, recorder or sampler)
+        chunks = self._generate(self.chat_prompt_ids(messages), max_tokens, stop, recorder or sampler,
+                                formatted or grammar)
         fmt = shapes.ChatLogprobs(self.tokenizer) if recorder else None
         head = shapes.header("chatcmpl", model or self.name)
         build = shapes.chat_completion_chunks if stream else shapes.chat_completion

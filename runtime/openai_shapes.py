@@ -36,8 +36,7 @@ from .generate import GenerationChunk, GenerationStats
 LLAMA_CPP_OFF_VALUES: dict[str, Any] = {
     "suffix": None, "echo": False, "typical_p": 1.0, "tfs_z": 1.0, "mirostat_mode": 0,
     "mirostat_tau": 5.0, "mirostat_eta": 0.1, "stopping_criteria": None, "logits_processor": None,
-    "grammar": None, "functions": None, "function_call": None, "tools": None, "tool_choice": None,
-    "response_format": None,
+    "functions": None, "function_call": None, "tools": None, "tool_choice": None,
 }
 
 

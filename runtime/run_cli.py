@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 from ..formats.catalog import DEFAULT_MODEL
-from .cli_common import (add_runtime_args, add_sampling_args, decode_utf8, dim, generation_summary,
-                         load_model, max_tokens_option, sampling_options, utf8_argument)
+from .cli_common import (add_constraint_args, add_runtime_args, add_sampling_args, constraint_option, decode_utf8,
+                         dim, generation_summary, load_model, max_tokens_option, sampling_options,
+                         utf8_argument)
 
 DEFAULT_RUN_CTX = 2048
 DEFAULT_RUN_MAX_TOKENS = 128
@@ -33,6 +34,7 @@ def configure_parser(p) -> None:
     p.add_argument("--system", metavar="TEXT", help="system prompt (with --chat)")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary line on stderr")
     add_sampling_args(p, max_tokens=DEFAULT_RUN_MAX_TOKENS)
+    add_constraint_args(p)
     add_runtime_args(p, ctx=DEFAULT_RUN_CTX)
 
 
@@ -55,6 +57,7 @@ def main(args) -> int:
         raise ValueError("--system only applies with --chat")
     utf8_argument(args.system, "--system")
     sampling = sampling_options(args)
+    grammar = constraint_option(args)
     max_tokens = max_tokens_option(args)
     prompt = read_prompt(args)
     if not prompt:
@@ -69,7 +72,7 @@ def main(args) -> int:
 
     out = sys.stdout
     stats = None
-    for chunk in model.stream_generate(prompt_ids, max_tokens=max_tokens, **sampling):
+    for chunk in model.stream_generate(prompt_ids, max_tokens=max_tokens, grammar=grammar, **sampling):
         if chunk.text:
             out.write(chunk.text)
             out.flush()

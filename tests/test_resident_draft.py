@@ -160,3 +160,16 @@ def test_draft_length_weighs_measured_costs():
     slow.timed_plain(0.11)
     chosen = [slow.next() for _ in range(32)]
     assert chosen.count(2) == 2 and set(chosen) == {1, 2}     # plain decode, probing every 16th round
+
+
+def test_constrained_generation_with_drafts_equals_plain_decode(smollm2_engines, lengths):
+    """A grammar's sampler sees each emitted token once, in order, with or without drafts."""
+    from lanternlm.runtime.constraints import Grammar, constrain
+
+    ram, drafting = smollm2_engines
+    grammar = Grammar.from_json_schema({"type": "object", "properties": {"story": {"type": "string"}},
+                                        "required": ["story"]})
+    prompt = prose_prompt(ram, 24)
+    want = generate(ram, prompt, 40, constrain(greedy, grammar, ram.tokenizer))
+    assert generate(drafting, prompt, 40, constrain(greedy, grammar, drafting.tokenizer)) == want
+    assert ram.tokenizer.decode(want).startswith('{"story": "')
