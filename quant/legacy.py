@@ -215,4 +215,4 @@ for _qtype, _decode, _dot in ((T.Q4_0, _decode_q4_0, _dot_q4_0),
     _dequantize, _float_matvec, _float_matmul = _block_kernels(_qtype, _decode, _dot)
     FLOAT_KERNELS[_qtype] = (_float_matvec, _float_matmul)
     _matvec, _matmul = INT8_KERNELS[_qtype]
-    register(QuantType(_qtype, _dequantize, _matvec, _matmul, quantize=QUANTIZERS[_qtype]))
+    register(QuantType(_qtype, _dequantize, _matvec, _matmul, quantize=QUANTIZERS[_qtype], batch_invariant=True))

@@ -28,6 +28,10 @@ class QuantType:
     matvec: Callable
     matmul: Callable
     quantize: Optional[Callable] = None
+    # matmul's row for token i is bit-identical to matvec on token i (the legacy and float
+    # kernels share the per-block arithmetic; the K- and IQ-quant tiles sum in another order).
+    # tests/test_quant_batch_invariance.py checks every registered type against its flag.
+    batch_invariant: bool = False
 
     @property
     def block_size(self) -> int:

@@ -242,7 +242,7 @@ class LoadOptions:
     device: str | None = None
     ram_budget: int | str | None = None   # lantern only: weights past it stream from disk
     offload_plan: str | bool | None = None   # with ram_budget: Engine's offload_plan
-    draft: bool = True                        # with ram_budget: Engine's draft
+    draft: bool | str = True                  # Engine's draft
 
 
 def load_lantern(path, opts: LoadOptions) -> tuple[LanternRunner, float]:

@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .bench import PROSE_PROMPT_TOKENS, BenchResult, LoadOptions, bench_engine, require_llama_cpp
-from .cli_common import add_runtime_args, offload_plan_option
+from .cli_common import add_runtime_args, draft_option, offload_plan_option
 
 
 def configure_parser(p) -> None:
@@ -149,7 +149,7 @@ def main(args) -> int:
     n_ctx = args.ctx or prompt + args.n_gen
     opts = LoadOptions(threads=args.threads, n_ctx=n_ctx, n_batch=args.n_prompt,
                        backend=args.backend, device=args.device, ram_budget=args.ram_budget,
-                       offload_plan=offload_plan_option(args), draft=args.draft)
+                       offload_plan=offload_plan_option(args), draft=draft_option(args))
     # llama.cpp has no automatic choice: every core Numba sees, unless -t fixes both engines
     llama_opts = replace(opts, threads=args.threads or numba.config.NUMBA_NUM_THREADS)
     if args.vs_llama_cpp:

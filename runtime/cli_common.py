@@ -71,7 +71,7 @@ def constraint_option(args: argparse.Namespace):
 
 
 def add_runtime_args(p: argparse.ArgumentParser, ctx: int | None, ctx_help: str | None = None) -> None:
-    """--ctx, --threads, --backend, --device, --ram-budget, --offload-plan, --no-draft."""
+    """--ctx, --threads, --backend, --device, --ram-budget, --offload-plan, --no-draft, --spec."""
     g = p.add_argument_group("runtime")
     g.add_argument("-c", "--ctx", type=int, default=ctx, metavar="N",
                    help=ctx_help or f"context window in tokens (default {ctx})")
@@ -89,6 +89,10 @@ def add_runtime_args(p: argparse.ArgumentParser, ctx: int | None, ctx_help: str 
     g.add_argument("--no-draft", dest="draft", action="store_false",
                    help="with --ram-budget: decode one token per read of the streamed output head "
                         "(default: draft tokens without it and verify several per read; same output)")
+    g.add_argument("--spec", choices=["ngram"], default=None,
+                   help="speculative decoding: 'ngram' drafts from what followed the same tokens earlier "
+                        "in the prompt and reply (prompt lookup), verified exactly: same output, faster "
+                        "where the reply repeats its prompt (editing code or text)")
 
 
 def sampling_options(args: argparse.Namespace) -> dict:
@@ -166,7 +170,7 @@ def apply_setting(options: dict, name: str, text: str) -> dict:
     updated = {**options, key: value}
     from .sampling import make_sampler
 
-    make_sampler(**{k: v for k, v in updated.items() if k != "max_tokens"})
+    make_sampler(**{k: v for k, v in updated.items() if k not in ("max_tokens", "grammar")})
     return updated
 
 
@@ -174,6 +178,15 @@ def describe_settings(options: dict) -> str:
     """`name=value` for every setting, in /set's names."""
     return " ".join(f"{name}={'-1' if key == 'max_tokens' and options.get(key) is None else options.get(key)}"
                     for name, (key, _) in SETTINGS.items())
+
+
+def draft_option(args: argparse.Namespace) -> bool | str:
+    """--spec / --no-draft as Engine's draft: "ngram", or True/False for the budget's draft."""
+    if getattr(args, "spec", None) is not None:
+        if not args.draft:
+            raise ValueError("--spec and --no-draft contradict each other")
+        return args.spec
+    return args.draft
 
 
 def offload_plan_option(args: argparse.Namespace):
@@ -199,7 +212,7 @@ def load_model(model: str, n_ctx: int, args: argparse.Namespace):
     with nullcontext() if getattr(args, "quiet", False) else notice_if_compiling():
         loaded = Model.load(model, n_ctx=n_ctx, threads=args.threads, backend=args.backend, device=args.device,
                             ram_budget=args.ram_budget, offload_plan=offload_plan_option(args),
-                            draft=args.draft)
+                            draft=draft_option(args))
         loaded.engine.warm_up()
     return loaded
 

@@ -58,6 +58,8 @@ class AutomaticBudgetWarning(UserWarning):
 # at 330 MiB, with no allocation refused (benchmarks/bench_memory_cap.py).
 AUTO_BUDGET_HEADROOM = 64 << 20
 
+MAX_VERIFY = 8      # tokens one exact multi-token pass (Engine.verify) takes, at most
+
 
 class ContextBeyondTrainingWarning(UserWarning):
     """n_ctx is longer than the context the model was trained on (`<arch>.context_length`)."""
@@ -68,7 +70,7 @@ class Engine:
                  backend: str = "cpu", device: str | None = None, weights: str | None = None,
                  kv_type: str = "f16", ram_budget: int | str | None = None,
                  offload_plan: str | os.PathLike | bool | None = None, backend_class: type | None = None,
-                 draft: bool = True):
+                 draft: bool | str = True):
         if n_ctx < 1 or n_batch < 1:
             raise ValueError(f"n_ctx and n_batch must be positive, got n_ctx={n_ctx}, n_batch={n_batch}")
         if threads is not None:
@@ -102,7 +104,7 @@ class Engine:
         if ram_budget is None and backend_class is None and backend == "cpu" and gguf_file.path:
             from .resident_draft import draft_buffer_bytes
 
-            extra = draft_buffer_bytes(self.cfg.n_vocab) if draft else 0
+            extra = draft_buffer_bytes(self.cfg.n_vocab) if draft is True else 0
             ram_budget = self._automatic_budget(KVCache.nbytes_for(self.cfg, n_ctx, kv_dtype) + extra)
         self.kv = KVCache.for_config(self.cfg, n_ctx, zeros=backend_cls.zeros, dtype=kv_dtype)
         if ram_budget is None:
@@ -113,16 +115,30 @@ class Engine:
             from .weight_residency import streaming_backend
             self.backend = streaming_backend(gguf_file, self.kv, graphs, ram_budget, self.n_batch,
                                              plan=self._offload_plan(offload_plan),
-                                             plan_named=offload_plan is not None, draft=draft)
+                                             plan_named=offload_plan is not None, draft=draft is True)
         with kernel_section():  # binding may convert small weights with parallel kernels
             self.executor = Executor(self.backend, graphs, self.n_batch)
             self.graphs = self.executor.graphs
             self.decode_program: Program = self.executor.program("decode", 1)
-            # under a budget where the head streams: drafts without it (resident_draft.py)
-            self.draft = None
-            if ram_budget is not None and draft:
-                from .resident_draft import resident_draft
-                self.draft = resident_draft(self)
+            self._verify_logits = np.empty((min(MAX_VERIFY, self.n_batch), self.cfg.n_vocab), dtype=np.float32)
+            self._verify_programs: dict[int, Program] = {}
+            self.draft = self._draft(draft, ram_budget)
+
+    def _draft(self, draft: bool | str, ram_budget):
+        """draft=True: under a budget where the head streams, drafts without it
+        (resident_draft.py); "ngram": prompt lookup (ngram_draft.py); False: none."""
+        if draft == "ngram":
+            if self.backend.name != "cpu" or hasattr(self.backend, "bind_ffn"):
+                raise ValueError("prompt-lookup drafts need the cpu backend and no offload plan "
+                                 "(their verification must be exact)")
+            from .ngram_draft import NgramDraft
+            return NgramDraft(min(MAX_VERIFY, self.n_batch))
+        if draft not in (True, False):
+            raise ValueError(f"draft must be True, False or 'ngram', got {draft!r}")
+        if ram_budget is not None and draft:
+            from .resident_draft import resident_draft
+            return resident_draft(self)
+        return None
 
     def _automatic_budget(self, kv_bytes: int) -> int | None:
         """None when the model file fits in the memory available (MemAvailable, or a cgroup's
@@ -163,8 +179,9 @@ class Engine:
         check_plan_for_model(plan, self.gguf.path)
         return plan
 
-    def _build(self, n_tokens: int, all_logits: bool = False, embeddings: bool = False) -> Graph:
-        g = Graph(self.cfg.arch, self._shapes, n_tokens, all_logits, embeddings)
+    def _build(self, n_tokens: int, all_logits: bool = False, embeddings: bool = False,
+               row_exact: bool = False) -> Graph:
+        g = Graph(self.cfg.arch, self._shapes, n_tokens, all_logits, embeddings, row_exact)
         self._arch.module.build(g, self.cfg)
         return g.finish()
 
@@ -267,31 +284,47 @@ class Engine:
                 logits = prog.logits
         return result if every_row else logits[0]
 
-    def speculate(self, token: int, k: int) -> tuple[list[int], np.ndarray]:
-        """Append `token` and k - 1 drafted tokens to the cache; return the k drafted tokens and
-        the model's logits f32 (k, n_vocab) at those k positions (after `token`, after each
-        draft), bit-identical to what `eval` of the same tokens one by one returns (an internal
-        buffer, valid until the next call). Needs `draft` (see resident_draft.py); the caller
-        truncates the cache after the first draft it rejects."""
+    def speculate(self, token: int, k: int, history: Sequence[int] = ()):
+        """A drafting round: append `token` and the first m - 1 of m <= k drafted tokens to the
+        cache; return (the m drafts, the model's logits f32 (m, n_vocab) at those m positions:
+        after `token`, after each draft), each row bit-identical to what `eval` of the tokens
+        one by one returns (an internal buffer, valid until the next call); or None, with
+        nothing appended, when the draft has no proposal. `history`: the tokens so far, `token`
+        last (prompt lookup reads it). Needs `draft` (resident_draft.py, ngram_draft.py); the
+        caller truncates the cache after the first draft it rejects."""
         if self.draft is None:
-            raise ValueError("this engine has no draft: drafting runs under a RAM budget where the output "
-                             "head streams and drafting is expected to pay (resident_draft.py)")
+            raise ValueError("this engine has no draft: load it with draft='ngram', or under a RAM budget "
+                             "where the output head streams (resident_draft.py)")
         if not 1 <= k <= self.draft.max_draft:
             raise ValueError(f"k must be 1..{self.draft.max_draft}, got {k}")
         self._check_ids([token] * k)
-        draft, prog, drafts = self.draft, self.draft.program, []
         with kernel_section():
-            start = time.perf_counter()
-            for j in range(k):
-                prog.ids[0] = drafts[-1] if drafts else token
-                prog.pos[0] = self.kv.n_past + j
-                self._run(prog, "decode")
-                drafts.append(draft.guess(j))
-            drafted = time.perf_counter()
-            logits = draft.verify(k)
-            draft.length.timed(k, drafted - start, time.perf_counter() - drafted)
-            self.kv.n_past += k
-        return drafts, logits
+            return self.draft.speculate(self, token, k, history)
+
+    def verify(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Append `ids` (at most MAX_VERIFY) and return every position's logits f32 (len(ids),
+        n_vocab), each row bit-identical to what `eval` of the tokens one by one returns (a
+        Graph.row_exact pass: matrices whose batched kernel sums in another order run one token
+        at a time). An internal buffer, valid until the next call."""
+        ids = self._check_ids(ids)
+        t = ids.shape[0]
+        if t > self._verify_logits.shape[0]:
+            raise ValueError(f"verify takes at most {self._verify_logits.shape[0]} tokens, got {t}")
+        prog = self._verify_programs.get(t)
+        if prog is None:
+            if "verify" not in self.graphs:
+                if hasattr(self.backend, "bind_ffn"):
+                    raise ValueError("exact verification is not available with an offload plan (its FFN is "
+                                     "approximate); load with offload_plan=False")
+                self.executor.add("verify", self._build(self._verify_logits.shape[0], all_logits=True,
+                                                        row_exact=True))
+            prog = self._verify_programs[t] = self.executor.program("verify", t, out=self._verify_logits[:t])
+        with kernel_section():
+            prog.ids[:] = ids
+            prog.pos[:] = np.arange(self.kv.n_past, self.kv.n_past + t)
+            self._run(prog, "prefill")
+            self.kv.n_past += t
+        return self._verify_logits[:t]
 
     def _run(self, prog: Program, phase: str) -> None:
         """Run `prog` on the thread count for `phase`, timing it for the governor if there is one."""

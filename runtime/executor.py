@@ -107,7 +107,7 @@ class Executor:
 
         # a backend may serve a layer's whole FFN block (offload's sparse FFN): `bind_ffn` gets
         # the block and the views of its input and four outputs, and returns calls or None
-        bind_ffn = getattr(self.backend, "bind_ffn", None)
+        bind_ffn = None if graph.row_exact else getattr(self.backend, "bind_ffn", None)
         blocks = {b.nodes[0]: b for b in graph.ffn_blocks} if bind_ffn else {}
         served: set = set()
         calls = []
@@ -122,5 +122,6 @@ class Executor:
                     served.update(block.nodes)
                     continue
             srcs = tuple(view(s) for s in node.srcs)
-            calls.extend(self.backend.bind(node, view(node.out), srcs, t))
+            exact = {"row_exact": True} if graph.row_exact else {}    # only backends that verify
+            calls.extend(self.backend.bind(node, view(node.out), srcs, t, **exact))
         return Program(calls, views[graph.ids.name], views[graph.pos.name], view(graph.output), t, views)

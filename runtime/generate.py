@@ -97,19 +97,22 @@ class KVContext:
             raise ValueError(f"the context of {self.n_ctx} tokens is full")
         return self._eval([token])
 
-    def speculate(self, token: int, k: int) -> tuple[list[int], np.ndarray]:
+    def speculate(self, token: int, k: int, history: Sequence[int]):
         """Evaluate `token` and draft after it with the engine's draft (Engine.speculate): the
-        cache then holds `token` and the first k - 1 drafts; returns (k drafts, k logit rows)."""
+        cache then holds `token` and the first m - 1 of m <= k drafts; returns (m drafts, m logit
+        rows), or None when the draft proposed nothing (nothing evaluated)."""
         if len(self.ids) + k > self.n_ctx:
             raise ValueError(f"{k} more tokens do not fit in the context of {self.n_ctx}")
         try:
-            drafts, logits = self.engine.speculate(token, k)
+            proposal = self.engine.speculate(token, k, history)
         except BaseException:
             self._keep_completed([])
             raise
-        self.ids.extend([token, *drafts[:k - 1]])
-        self.evaluated_tokens += k
-        return drafts, logits
+        if proposal is not None:
+            drafts = proposal[0]
+            self.ids.extend([token, *drafts[:-1]])
+            self.evaluated_tokens += len(drafts)
+        return proposal
 
     def _eval(self, ids: list[int]) -> np.ndarray:
         try:
@@ -248,22 +251,23 @@ def _next_tokens(context: KVContext, token: int, history: list[int], sampler: Sa
     the logits plain decode would give, in the same order, so the output is plain decode's."""
     draft = getattr(context.engine, "draft", None)
     k = min(draft.next_length(), room) if draft is not None else 1
-    if k < 2:
+    base = len(context)
+    proposal = context.speculate(token, k, history) if k >= 2 else None
+    if proposal is None:
         if draft is None:
             return [sampler(context.append(token), history)]
         start = time.perf_counter()
         logits = context.append(token)
         draft.timed_plain(time.perf_counter() - start)
         return [sampler(logits, history)]
-    base = len(context)
-    drafts, rows = context.speculate(token, k)
+    drafts, rows = proposal
     out: list[int] = []
-    for j in range(k):
+    for j in range(len(drafts)):
         out.append(sampler(rows[j], history + out))
         if out[-1] != drafts[j]:
             break
     context.keep(base + len(out))
-    draft.record(k, len(out), len(out) - (out[-1] != drafts[len(out) - 1]))
+    draft.record(len(drafts), len(out), len(out) - (out[-1] != drafts[len(out) - 1]))
     return out
 
 

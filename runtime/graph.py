@@ -108,11 +108,13 @@ class Graph:
     `all_logits` False: the logits of the last token only (rows == 1); True: logits for every
     token. `embeddings` True: instead of logits, every token's final hidden state (after the
     output norm, llama.cpp's "embeddings"); the LM head is left out. Every-row outputs
-    (`all_rows`) are written into a caller-supplied array (`Kind.EXTERNAL`).
+    (`all_rows`) are written into a caller-supplied array (`Kind.EXTERNAL`). `row_exact` True:
+    every token's row must be bit-identical to a one-token pass over it (verifying drafts), so
+    backends run matrices whose batched kernel sums in another order one token at a time.
     """
 
     def __init__(self, arch: str, weight_shapes: Mapping[str, tuple[int, ...]], n_tokens: int,
-                 all_logits: bool = False, embeddings: bool = False):
+                 all_logits: bool = False, embeddings: bool = False, row_exact: bool = False):
         if n_tokens < 1:
             raise ValueError(f"a graph needs at least one token, got n_tokens={n_tokens}")
         self.arch = arch
@@ -120,6 +122,7 @@ class Graph:
         self.n_tokens = n_tokens
         self.all_logits = all_logits
         self.embeddings = embeddings
+        self.row_exact = row_exact
         self.all_rows = all_logits or embeddings
         self.nodes: list[Node] = []
         self.ids = Tensor("inp_tokens", 1, kind=Kind.INPUT)  # (T,) token ids

@@ -85,7 +85,7 @@ class Model:
                  weights: str | None = None, chat_template: str | None = None,
                  pooling_type: str | int | None = None, embedding: bool = False,
                  ram_budget: int | str | None = None, offload_plan: str | os.PathLike | bool | None = None,
-                 draft: bool = True):
+                 draft: bool | str = True):
         """Load a GGUF file (a path, or a catalog name pulled on first use), as
         `llama_cpp.Llama(model_path, n_ctx=..., n_threads=..., verbose=...)` does.
 
@@ -104,9 +104,10 @@ class Model:
         '40%' of the file) and streams the rest from disk; None keeps the whole model mapped.
         offload_plan (with ram_budget): a `lantern offload` plan serving the FFN sparsely; None
         uses MODEL.offload.gguf beside the model if there is one, False streams densely.
-        draft (with ram_budget): where the output head streams, draft tokens without it and
-        verify several with one read of it (runtime/resident_draft.py; the output is plain
-        decode's); False decodes one token per read.
+        draft: speculative decoding, whose output is always plain decode's. True (default):
+        under ram_budget, where the output head streams, draft tokens without it and verify
+        several with one read of it (runtime/resident_draft.py); "ngram": prompt lookup, drafts
+        from what followed the same tokens earlier (runtime/ngram_draft.py); False: none.
         """
         start = time.perf_counter()
         get_backend(backend, device=device, weights=weights)  # bad options fail before any download
@@ -135,7 +136,7 @@ class Model:
              n_batch: int = 512, backend: str = "cpu", chat_template: str | None = None,
              device: str | None = None, weights: str | None = None,
              ram_budget: int | str | None = None, offload_plan: str | os.PathLike | bool | None = None,
-             draft: bool = True) -> "Model":
+             draft: bool | str = True) -> "Model":
         """`Model(model, n_ctx=..., n_threads=threads, ...)`: see the constructor."""
         return cls(model, n_ctx=n_ctx, n_threads=threads, n_batch=n_batch, backend=backend,
                    chat_template=chat_template, device=device, weights=weights, ram_budget=ram_budget,

@@ -29,6 +29,7 @@ be the model's, so verification would have to recompute the layers.
 """
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import numpy as np
@@ -37,7 +38,8 @@ from gguf import quants as gguf_quants
 
 from ..quant import QTYPES
 from .backends.cpu import quant_type, row_shape
-from .backends.cpu_streaming import StreamingCpuBackend, row_chunks
+from .backends.cpu_streaming import StreamingCpuBackend, row_chunks, streamed_matvecs
+from .draft_counts import DraftCounts
 from .executor import Executor
 from .graph import Graph, Op
 
@@ -125,14 +127,6 @@ def head_node(graph: Graph):
     return None
 
 
-def _streamed_matvecs(stream, item, kernel, out, xs, shape):
-    """out (k, r) = xs (k, n) @ W[rows of item].T, one matvec per row of xs, as decode runs it."""
-    w = stream.acquire(item).reshape(shape)
-    for j in range(xs.shape[0]):
-        kernel(out[j], w, xs[j])
-    stream.release()
-
-
 class DraftLength:
     """Chooses k, the tokens drafted per round, to minimise the expected seconds per token:
 
@@ -207,7 +201,7 @@ class _DraftBinder:
         return self.backend.bind(node, out, srcs, t)
 
 
-class ResidentDraft:
+class ResidentDraft(DraftCounts):
     """Draft steps with a few head rows; verification of k steps with one read of the streamed
     head. See the module docstring; Engine.speculate runs a round."""
 
@@ -232,7 +226,7 @@ class ResidentDraft:
         self.program = self.executor.program("decode", 1)
         self._verify_calls: dict[int, list] = {}
         self.length = DraftLength(max_draft)
-        self.rounds = self.plain_steps = self.drafted = self.kept = 0      # counters, for reports
+        super().__init__()
 
     @property
     def nbytes(self) -> int:
@@ -281,9 +275,25 @@ class ResidentDraft:
     def _bind_verify(self, k: int) -> list:
         ref = self.backend.tensors[self.head]
         _, row_bytes = row_shape(ref)
-        return [(_streamed_matvecs, (*self.backend.stream_item(self.head, r0), self.matvec, self.logits[:k, r0:r1],
+        return [(streamed_matvecs, (*self.backend.stream_item(self.head, r0), self.matvec, self.logits[:k, r0:r1],
                                      self.hidden[:k], (r1 - r0, row_bytes)))
                 for r0, r1 in row_chunks(ref)]
+
+    def speculate(self, engine, token: int, k: int, history=()):
+        """Run a round from `token` (appended to the cache with k - 1 drafts): (k drafts, their
+        k rows of logits). The history is not needed: the model guesses."""
+        prog, drafts = self.program, []
+        start = time.perf_counter()
+        for j in range(k):
+            prog.ids[0] = drafts[-1] if drafts else token
+            prog.pos[0] = engine.kv.n_past + j
+            engine._run(prog, "decode")
+            drafts.append(self.guess(j))
+        drafted = time.perf_counter()
+        logits = self.verify(k)
+        self.length.timed(k, drafted - start, time.perf_counter() - drafted)
+        engine.kv.n_past += k
+        return drafts, logits
 
     # ---- what the caller did with a round --------------------------------------------------------
     def next_length(self) -> int:
@@ -291,18 +301,11 @@ class ResidentDraft:
 
     def timed_plain(self, seconds: float) -> None:
         """A round of plain decode (k = 1) took `seconds`."""
-        self.plain_steps += 1
+        self.counted_plain()
         self.length.timed_plain(seconds)
 
-    def counts(self) -> dict:
-        return {"rounds": self.rounds, "plain_steps": self.plain_steps, "drafted": self.drafted, "kept": self.kept}
-
     def record(self, drafted: int, emitted: int, kept: int) -> None:
-        """Of `drafted` tokens, the caller emitted `emitted` samples, of which `kept` equalled
-        the draft (each emitted sample tested one drafted token)."""
-        self.rounds += 1
-        self.drafted += drafted
-        self.kept += kept
+        super().record(drafted, emitted, kept)
         self.length.kept_of(emitted, kept)
 
 

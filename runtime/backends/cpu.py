@@ -144,8 +144,12 @@ class CpuBackend:
         return self._attention_scratch[key]
 
     # ---- binding ---------------------------------------------------------------------------
-    def bind(self, node: Node, out: np.ndarray, srcs: tuple[np.ndarray, ...], t: int) -> list[Call]:
-        """The kernel calls computing `node` for `t` tokens into `out` from `srcs` (array views)."""
+    def bind(self, node: Node, out: np.ndarray, srcs: tuple[np.ndarray, ...], t: int,
+             row_exact: bool = False) -> list[Call]:
+        """The kernel calls computing `node` for `t` tokens into `out` from `srcs` (array views);
+        with `row_exact`, each token's row bit-identical to a one-token pass (Graph.row_exact)."""
+        if row_exact and node.op is Op.MUL_MAT and t > 1:
+            return _bind_mul_mat_rows(self, node, out, srcs)
         return _BINDERS[node.op](self, node, out, srcs, t)
 
 
@@ -165,6 +169,18 @@ def _bind_mul_mat(be: CpuBackend, node, out, srcs, t):
     if x.shape[0] == 1:  # one row: the matrix-vector kernel (decode, or the last-token head)
         return [(qt.matvec, (out[0], w, x[0]))]
     return [(qt.matmul, (out, w, x))]
+
+
+def _bind_mul_mat_rows(be: CpuBackend, node, out, srcs):
+    """A matrix product whose every row is what matvec gives for it: the batched kernel where
+    the type is batch-invariant, else one matvec per token."""
+    name = node.weights[0]
+    w = be.rows(name)
+    _, qt = be._qtype(name)
+    (x,) = srcs
+    if qt.batch_invariant:
+        return [(qt.matmul, (out, w, x))]
+    return [(qt.matvec, (out[i], w, x[i])) for i in range(x.shape[0])]
 
 
 def _bind_rope(be: CpuBackend, node, out, srcs, t):

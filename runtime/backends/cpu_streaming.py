@@ -33,6 +33,15 @@ def _streamed_matvec(stream, item, kernel, out, x, shape):
     stream.release()
 
 
+def streamed_matvecs(stream, item, kernel, out, xs, shape):
+    """out (k, r) = xs (k, n) @ W[rows of item].T, one matvec per row of xs: each row exactly
+    what decode computes for it."""
+    w = stream.acquire(item).reshape(shape)
+    for j in range(xs.shape[0]):
+        kernel(out[j], w, xs[j])
+    stream.release()
+
+
 def _streamed_matmul(stream, item, kernel, out, x, shape, scratch):
     """out (t, r) (a column block of the full output) = x @ W[rows of item].T, via `scratch`."""
     w = stream.acquire(item).reshape(shape)
@@ -127,15 +136,15 @@ class StreamingCpuBackend(CpuBackend):
         self.close()
 
     # ---- binding ---------------------------------------------------------------------------
-    def bind(self, node, out, srcs, t):
+    def bind(self, node, out, srcs, t, row_exact=False):
         name = node.weights[0] if node.weights else None
         if node.op is Op.MUL_MAT and name in self.residency.streamed:
-            return self._bind_streamed_mul_mat(name, out, srcs[0])
+            return self._bind_streamed_mul_mat(name, out, srcs[0], row_exact)
         if node.op is Op.GET_ROWS and name not in self.residency.resident:
             return self._bind_gathered_rows(name, out, srcs[0], t)
-        return super().bind(node, out, srcs, t)
+        return super().bind(node, out, srcs, t, row_exact)
 
-    def _bind_streamed_mul_mat(self, name, out, x):
+    def _bind_streamed_mul_mat(self, name, out, x, row_exact=False):
         _, qt = self._qtype(name)
         row_bytes = row_shape(self.tensors[name])[1]
         calls = []
@@ -143,6 +152,8 @@ class StreamingCpuBackend(CpuBackend):
             (stream, item), shape = self.stream_item(name, r0), (r1 - r0, row_bytes)
             if x.shape[0] == 1:
                 calls.append((_streamed_matvec, (stream, item, qt.matvec, out[0, r0:r1], x[0], shape)))
+            elif row_exact and not qt.batch_invariant:
+                calls.append((streamed_matvecs, (stream, item, qt.matvec, out[:, r0:r1], x, shape)))
             else:
                 calls.append((_streamed_matmul, (stream, item, qt.matmul, out[:, r0:r1], x, shape,
                                                  self._scratch)))
