@@ -69,7 +69,7 @@ def main() -> None:
         hit = "-" if row["cache_hit_rate"] is None else f"{row['cache_hit_rate']:.0%}"
         gbps = "-" if row["read_gbps"] is None else f"{row['read_gbps']:.2f}"
         d = row["draft"] or {}
-        per_read = "-" if d.get("tokens_per_head_read") is None else f"{d['tokens_per_head_read']:.2f}"
+        per_read = "-" if d.get("tokens_per_pass") is None else f"{d['tokens_per_pass']:.2f}"
         kept = "-" if d.get("acceptance") is None else f"{d['acceptance']:.0%}"
         print(f"{row['budget']:>7} {row['mode']:>6} {row['tg_tps']:7.1f} {row['ratio']:7.0%} "
               f"{format_bytes(row['read_bytes_per_token']):>11} {format_bytes(row['dense_read_bytes_per_token']):>12} "

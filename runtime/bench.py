@@ -294,6 +294,7 @@ class BenchResult:
     memory_before: Memory | None         # just before the load
     threads_used: dict[str, dict[int, int]] | None = None
     offload: dict | None = None          # under a RAM budget: offload_report()
+    draft: dict | None = None            # with draft="ngram" (no budget): speculation_report()
 
     def growth(self, field: str) -> float | None:
         """MiB of `field` ("anon_mib", "file_mib") added from before the load to after the run."""
@@ -310,6 +311,7 @@ class BenchResult:
         used = self.threads_used and {phase: {str(n): tokens for n, tokens in counts.items()}
                                       for phase, counts in self.threads_used.items()}
         return {**({"offload": self.offload} if self.offload is not None else {}),
+                **({"draft": self.draft} if self.draft is not None else {}),
                 "threads": self.threads if self.threads is not None else "auto",
                 "pp_tps": self.pp.mean, "pp_std": self.pp.std, "pp_best": self.pp.best,
                 "tg_tps": self.tg.mean, "tg_std": self.tg.std, "tg_best": self.tg.best,
@@ -330,15 +332,17 @@ def bench_engine(engine: str, path, opts: LoadOptions, n_prompt: int, n_gen: int
         raise RuntimeError(f"{engine} sees {runner.n_vocab} vocabulary entries, expected {vocab_check}")
     prompt_ids, gen_ids = bench_ids(runner.n_vocab, n_prompt, n_gen, seed)
     streamed = opts.ram_budget is not None and engine == "lantern"
-    greedy_prompt = prose_prompt(runner.engine) if streamed else None
+    ngram = opts.draft == "ngram" and engine == "lantern"
+    greedy_prompt = prose_prompt(runner.engine) if streamed or ngram else None
     pp, tg = measure(runner, prompt_ids, gen_ids, repetitions, progress=lambda m: progress(f"{engine}: {m}"),
                      greedy_prompt=greedy_prompt)
     offload = offload_report(runner, greedy_prompt, n_gen) if streamed else None
+    speculation = speculation_report(runner, greedy_prompt, n_gen) if ngram and not streamed else None
     memory = read_memory()
     if memory is not None and not peak_is_own:  # the process's peak, which may be another engine's
         memory = replace(memory, peak_mib=None)
     return BenchResult(engine, runner.n_vocab, pp, tg, load_s, opts.threads, memory, memory_before,
-                       getattr(runner, "threads_used", lambda: None)(), offload)
+                       getattr(runner, "threads_used", lambda: None)(), offload, speculation)
 
 
 # ---- offload ----------------------------------------------------------------------------------
@@ -380,18 +384,30 @@ def offload_report(runner: LanternRunner, greedy_prompt: Sequence[int], n_gen: i
 
 
 def draft_report(draft, before: dict, n_gen: int) -> dict:
-    """What drafting did over n_gen generated tokens (runtime/resident_draft.py): rounds that
-    drafted, plain decode steps, drafted and kept tokens, and the tokens each read of the head
-    served."""
+    """What drafting did over n_gen generated tokens (runtime/resident_draft.py, ngram_draft.py):
+    rounds that drafted, plain decode steps, drafted and kept tokens, and the tokens each pass
+    gave (a round or a plain step: one read of the streamed head, one verification)."""
     d = {key: value - before[key] for key, value in draft.counts().items()}
-    reads = d["rounds"] + d["plain_steps"]
-    return {"head_rows": int(draft.token_ids.shape[0]), **d,
-            "acceptance": d["kept"] / d["drafted"] if d["drafted"] else None,
+    passes = d["rounds"] + d["plain_steps"]
+    rows = getattr(draft, "token_ids", None)
+    return {"kind": "ngram" if rows is None else "resident", "head_rows": None if rows is None else int(rows.shape[0]),
+            **d, "acceptance": d["kept"] / d["drafted"] if d["drafted"] else None,
             "mean_kept_per_round": d["kept"] / d["rounds"] if d["rounds"] else None,
-            "tokens_per_head_read": n_gen / reads if reads else None}
+            "tokens_per_pass": n_gen / passes if passes else None}
+
+
+def speculation_report(runner: LanternRunner, greedy_prompt: Sequence[int], n_gen: int) -> dict:
+    """draft_report over one more greedy run of n_gen tokens (an engine with draft='ngram')."""
+    draft = runner.engine.draft
+    steps = runner.greedy_tokens(greedy_prompt, n_gen + 1)
+    next(steps)
+    before = draft.counts()
+    for _ in steps:
+        pass
+    return draft_report(draft, before, n_gen)
 
 
 __all__ = ["Runner", "Throughput", "time_prefill", "time_decode", "time_greedy", "bench_ids", "measure", "Memory",
-           "read_memory", "reset_peak", "prose_prompt", "offload_report", "LanternRunner", "LlamaCppRunner",
+           "read_memory", "reset_peak", "prose_prompt", "offload_report", "speculation_report", "LanternRunner", "LlamaCppRunner",
            "LoadOptions", "RUNNERS", "BenchResult",
            "bench_engine", "require_llama_cpp"]

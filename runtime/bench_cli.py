@@ -40,7 +40,7 @@ def _check(args) -> None:
                         ("--threads", args.threads)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
-    prompt = max(args.n_prompt, PROSE_PROMPT_TOKENS) if args.ram_budget is not None else args.n_prompt
+    prompt = max(args.n_prompt, PROSE_PROMPT_TOKENS) if greedy_decode(args) else args.n_prompt
     if args.ctx is not None and args.ctx < prompt + args.n_gen:
         raise ValueError(f"--ctx {args.ctx} is smaller than the {prompt + args.n_gen} tokens the test needs")
     if args.vs_llama_cpp and args.backend != "cpu":
@@ -102,6 +102,12 @@ def format_threads_used(used: dict[str, dict[int, int]]) -> str:
                      for phase, counts in used.items())
 
 
+def greedy_decode(args) -> bool:
+    """Whether tg is greedy generation after the prose prompt (runtime.bench): under a RAM
+    budget, or with prompt-lookup drafts."""
+    return args.ram_budget is not None or getattr(args, "spec", None) == "ngram"
+
+
 def format_offload(name: str, off: dict) -> str:
     """One line of the offload report (runtime.bench.offload_report)."""
     from ..offload.budget import format_bytes
@@ -116,11 +122,13 @@ def format_offload(name: str, off: dict) -> str:
 
 
 def format_draft(d: dict) -> str:
-    """The drafting part of an offload line (runtime.bench.draft_report)."""
+    """What drafting did (runtime.bench.draft_report), as part of a line."""
     kept = "-" if d["acceptance"] is None else f"{d['acceptance']:.0%}"
-    per_read = "-" if d["tokens_per_head_read"] is None else f"{d['tokens_per_head_read']:.2f}"
-    return (f"; drafts from {d['head_rows']} head rows: {d['rounds']} rounds, {d['plain_steps']} plain steps, "
-            f"{kept} of drafted tokens kept, {per_read} tokens per read of the head")
+    per_pass = "-" if d["tokens_per_pass"] is None else f"{d['tokens_per_pass']:.2f}"
+    source = f"{d['head_rows']} head rows" if d["kind"] == "resident" else "prompt lookup"
+    unit = "read of the head" if d["kind"] == "resident" else "verification or plain step"
+    return (f"; drafts from {source}: {d['rounds']} rounds, {d['plain_steps']} plain steps, "
+            f"{kept} of drafted tokens kept, {per_pass} tokens per {unit}")
 
 
 def format_summary(results: list[tuple[str, BenchResult]], ratio: dict | None) -> str:
@@ -130,6 +138,7 @@ def format_summary(results: list[tuple[str, BenchResult]], ratio: dict | None) -
         if r.threads_used:
             out.append(f"{name}: threads chosen per phase, {format_threads_used(r.threads_used)}")
     out += [format_offload(name, r.offload) for name, r in results if r.offload]
+    out += [f"{name}: tg is greedy after a prose prompt" + format_draft(r.draft) for name, r in results if r.draft]
     if ratio:
         fmt = lambda x: "-" if x is None else f"{x:.2f}x"  # noqa: E731
         out.append(f"ours / llama.cpp: pp {fmt(ratio['pp'])} (best {fmt(ratio['pp_best'])}), "
@@ -145,7 +154,7 @@ def main(args) -> int:
     _check(args)
     path = Path(resolve(args.model))
     # under a RAM budget tg generates after a prose prompt of PROSE_PROMPT_TOKENS
-    prompt = max(args.n_prompt, PROSE_PROMPT_TOKENS) if args.ram_budget is not None else args.n_prompt
+    prompt = max(args.n_prompt, PROSE_PROMPT_TOKENS) if greedy_decode(args) else args.n_prompt
     n_ctx = args.ctx or prompt + args.n_gen
     opts = LoadOptions(threads=args.threads, n_ctx=n_ctx, n_batch=args.n_prompt,
                        backend=args.backend, device=args.device, ram_budget=args.ram_budget,

@@ -222,7 +222,7 @@ def test_ram_budget_reports_what_drafting_did(smollm2_path, capsys, monkeypatch)
     assert d["head_rows"] > 0 and d["rounds"] > 0
     assert 0 <= d["kept"] <= d["drafted"] <= 4 * d["rounds"]
     # a round emits its kept drafts and at most one sample more; a plain step one token
-    assert N <= d["kept"] + reads and d["tokens_per_head_read"] == pytest.approx(N / reads)
+    assert N <= d["kept"] + reads and d["tokens_per_pass"] == pytest.approx(N / reads)
     rc, out, err = run_bench(capsys, smollm2_path, *SMALL, "--ram-budget", "50%", "--offload-plan", "none")
     assert rc == 0 and "of drafted tokens kept" in out
 
