@@ -71,7 +71,8 @@ def constraint_option(args: argparse.Namespace):
 
 
 def add_runtime_args(p: argparse.ArgumentParser, ctx: int | None, ctx_help: str | None = None) -> None:
-    """--ctx, --threads, --backend, --device, --ram-budget, --offload-plan, --no-draft, --spec."""
+    """--ctx, --threads, --backend, --device, --ram-budget, --offload-plan, --no-draft,
+    --context-shift, --keep, --spec."""
     g = p.add_argument_group("runtime")
     g.add_argument("-c", "--ctx", type=int, default=ctx, metavar="N",
                    help=ctx_help or f"context window in tokens (default {ctx})")
@@ -89,6 +90,11 @@ def add_runtime_args(p: argparse.ArgumentParser, ctx: int | None, ctx_help: str 
     g.add_argument("--no-draft", dest="draft", action="store_false",
                    help="with --ram-budget: decode one token per read of the streamed output head "
                         "(default: draft tokens without it and verify several per read; same output)")
+    g.add_argument("--context-shift", action="store_true",
+                   help="when generation fills the context, drop half of it (after --keep tokens) and go "
+                        "on, re-rotating the cached keys, instead of stopping")
+    g.add_argument("--keep", type=int, default=0, metavar="N",
+                   help="with --context-shift: prompt tokens kept at the start, besides BOS (default 0)")
     g.add_argument("--spec", choices=["ngram"], default=None,
                    help="speculative decoding: 'ngram' drafts from what followed the same tokens earlier "
                         "in the prompt and reply (prompt lookup), verified exactly: same output, faster "
@@ -212,7 +218,8 @@ def load_model(model: str, n_ctx: int, args: argparse.Namespace):
     with nullcontext() if getattr(args, "quiet", False) else notice_if_compiling():
         loaded = Model.load(model, n_ctx=n_ctx, threads=args.threads, backend=args.backend, device=args.device,
                             ram_budget=args.ram_budget, offload_plan=offload_plan_option(args),
-                            draft=draft_option(args))
+                            draft=draft_option(args), context_shift=getattr(args, "context_shift", False),
+                            n_keep=getattr(args, "keep", 0))
         loaded.engine.warm_up()
     return loaded
 

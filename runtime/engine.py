@@ -5,6 +5,7 @@
     logits = eng.eval(prompt_ids)        # f32 (n_vocab,): the last token's logits
     logits = eng.eval([next_id])         # appends at position eng.n_past
     eng.truncate(n); eng.reset()         # drop cached tokens past n / all of them
+    eng.shift(n_keep, n_discard)         # context shift: drop tokens after the first n_keep
     every = eng.logits(ids)              # f32 (len(ids), n_vocab), from an empty cache
     drafts, rows = eng.speculate(tok, k) # with eng.draft (a budget): k drafts, k rows of logits
     hidden = eng.embeddings(ids)         # f32 (len(ids), n_embd): final hidden states, ditto
@@ -325,6 +326,27 @@ class Engine:
             self._run(prog, "prefill")
             self.kv.n_past += t
         return self._verify_logits[:t]
+
+    def shift(self, n_keep: int, n_discard: int) -> None:
+        """Context shift: keep the first n_keep cached tokens, drop the next n_discard, move the
+        rest down and re-rotate their keys (context_shift.py); the next eval continues at the
+        new n_past."""
+        from .context_shift import key_ropes, shift_cache
+
+        if n_keep < 0 or n_discard < 1 or n_keep + n_discard > self.n_past:
+            raise ValueError(f"cannot drop {n_discard} tokens after the first {n_keep} of a cache of "
+                             f"{self.n_past}")
+        if self.backend.name != "cpu":
+            raise ValueError(f"context shift runs on the cpu backend, not {self.backend.name!r}")
+        ropes = key_ropes(self.graphs["decode"])
+        if len(ropes) != self.cfg.n_layer:
+            raise ValueError(f"{self.cfg.arch}: context shift needs rotary keys in every layer")
+        with kernel_section():
+            for layer, rope in ropes.items():
+                cos, sin = self.backend.rope_table(rope.n_rot, rope.base, rope.freq_scale)
+                shift_cache(self.kv.k[layer], self.kv.v[layer], n_keep, n_discard, self.kv.n_past,
+                            cos[n_discard], sin[n_discard], rope.n_rot, rope.neox)
+            self.kv.n_past -= n_discard
 
     def _run(self, prog: Program, phase: str) -> None:
         """Run `prog` on the thread count for `phase`, timing it for the governor if there is one."""

@@ -84,6 +84,15 @@ class KVContext:
         else:
             self._truncate(n)
 
+    def shift(self, n_keep: int) -> None:
+        """Context shift (Engine.shift): keep the first n_keep tokens and drop half of the rest."""
+        n_discard = (len(self.ids) - n_keep) // 2
+        if self.engine.n_past != len(self.ids):
+            raise ValueError("the engine's cache is not this context's: nothing to shift")
+        self.engine.shift(n_keep, n_discard)
+        del self.ids[n_keep:n_keep + n_discard]
+        self._prompt_logits = None
+
     def _truncate(self, n: int) -> None:
         if n < len(self.ids):
             self.engine.truncate(n)
@@ -201,10 +210,12 @@ def _check_max_tokens(max_tokens: int | None) -> None:
 
 def generate_step(context: KVContext, prompt_ids: Sequence[int], sampler: SamplerFn,
                   max_tokens: int | None = None,
-                  stats: GenerationStats | None = None) -> Iterator[int]:
+                  stats: GenerationStats | None = None, context_shift: int | None = None) -> Iterator[int]:
     """Yield sampled token ids, one per step, continuing `prompt_ids`.
 
-    Stops after `max_tokens` tokens (None: no limit) or when the context is full; a consumer
+    Stops after `max_tokens` tokens (None: no limit) or when the context is full, unless
+    `context_shift` is a number of tokens to keep: then a full context drops half of the tokens
+    after those (KVContext.shift) and generation goes on; a consumer
     that wants to stop earlier (end-of-generation token, stop string) simply stops iterating.
     A token is only evaluated when the consumer asks for the next one, so the cache never
     holds a token the consumer rejected (an engine that drafts evaluates several tokens at a
@@ -228,8 +239,12 @@ def generate_step(context: KVContext, prompt_ids: Sequence[int], sampler: Sample
                 history.append(token)
                 produced += 1
                 yield token
-            if (max_tokens is not None and produced >= max_tokens) or context.full:
+            if max_tokens is not None and produced >= max_tokens:
                 return
+            if context.full:
+                if context_shift is None or len(context) - context_shift < 2:
+                    return
+                context.shift(context_shift)
             start = time.perf_counter()
             room = context.n_ctx - len(context) if max_tokens is None else \
                 min(max_tokens - produced, context.n_ctx - len(context))
@@ -332,7 +347,8 @@ class GenerationChunk:
 
 def stream_generate(context: KVContext, tokenizer, prompt_ids: Sequence[int], sampler: SamplerFn,
                     max_tokens: int | None = 128, stop: Iterable[str] = (),
-                    stop_ids: Iterable[int] | None = None) -> Iterator[GenerationChunk]:
+                    stop_ids: Iterable[int] | None = None,
+                    context_shift: int | None = None) -> Iterator[GenerationChunk]:
     """Generate text: decode `generate_step`'s tokens and stop on end tokens or stop strings.
 
     stop_ids defaults to the tokenizer's end-of-generation ids (`eot_ids`); such a token ends
@@ -344,13 +360,13 @@ def stream_generate(context: KVContext, tokenizer, prompt_ids: Sequence[int], sa
     context.check_prompt(prompt_ids)          # fail here, not at the first next()
     matcher = StopStringMatcher(stop)
     end_ids = frozenset(tokenizer.eot_ids if stop_ids is None else stop_ids)
-    return _stream_generate(context, tokenizer, prompt_ids, sampler, max_tokens, matcher, end_ids)
+    return _stream_generate(context, tokenizer, prompt_ids, sampler, max_tokens, matcher, end_ids, context_shift)
 
 
-def _stream_generate(context, tokenizer, prompt_ids, sampler, max_tokens, matcher, end_ids):
+def _stream_generate(context, tokenizer, prompt_ids, sampler, max_tokens, matcher, end_ids, context_shift):
     stats = GenerationStats()
     decoder = tokenizer.decoder()
-    steps = generate_step(context, prompt_ids, sampler, max_tokens, stats)
+    steps = generate_step(context, prompt_ids, sampler, max_tokens, stats, context_shift)
     try:
         for token in steps:
             if token in end_ids:

@@ -85,7 +85,7 @@ class Model:
                  weights: str | None = None, chat_template: str | None = None,
                  pooling_type: str | int | None = None, embedding: bool = False,
                  ram_budget: int | str | None = None, offload_plan: str | os.PathLike | bool | None = None,
-                 draft: bool | str = True):
+                 draft: bool | str = True, context_shift: bool = False, n_keep: int = 0):
         """Load a GGUF file (a path, or a catalog name pulled on first use), as
         `llama_cpp.Llama(model_path, n_ctx=..., n_threads=..., verbose=...)` does.
 
@@ -108,6 +108,9 @@ class Model:
         under ram_budget, where the output head streams, draft tokens without it and verify
         several with one read of it (runtime/resident_draft.py); "ngram": prompt lookup, drafts
         from what followed the same tokens earlier (runtime/ngram_draft.py); False: none.
+        context_shift: when a generation fills the context, keep the prompt's first n_keep
+        tokens (and its BOS) and drop half of the rest instead of stopping, as llama.cpp's
+        --context-shift --keep N (runtime/context_shift.py).
         """
         start = time.perf_counter()
         get_backend(backend, device=device, weights=weights)  # bad options fail before any download
@@ -124,6 +127,9 @@ class Model:
         self.name = str(model_path)
         self.chat_template = chat_template or chat_template_for(kv)
         self.context = KVContext(self.engine, n_ctx)
+        if not isinstance(n_keep, (int, np.integer)) or isinstance(n_keep, bool) or not 0 <= n_keep < n_ctx:
+            raise ValueError(f"n_keep must be an integer in 0..{n_ctx - 1}, got {n_keep!r}")
+        self.context_shift, self.n_keep = bool(context_shift), int(n_keep)
         self.verbose = bool(verbose)
         if self.verbose:
             cfg = self.engine.cfg
@@ -136,11 +142,11 @@ class Model:
              n_batch: int = 512, backend: str = "cpu", chat_template: str | None = None,
              device: str | None = None, weights: str | None = None,
              ram_budget: int | str | None = None, offload_plan: str | os.PathLike | bool | None = None,
-             draft: bool | str = True) -> "Model":
+             draft: bool | str = True, context_shift: bool = False, n_keep: int = 0) -> "Model":
         """`Model(model, n_ctx=..., n_threads=threads, ...)`: see the constructor."""
         return cls(model, n_ctx=n_ctx, n_threads=threads, n_batch=n_batch, backend=backend,
                    chat_template=chat_template, device=device, weights=weights, ram_budget=ram_budget,
-                   offload_plan=offload_plan, draft=draft)
+                   offload_plan=offload_plan, draft=draft, context_shift=context_shift, n_keep=n_keep)
 
     # ------------------------------------------------------------------ basics
 
@@ -244,8 +250,12 @@ class Model:
     def _generate(self, prompt_ids: list[int], max_tokens: int | None, stop, sampler: SamplerFn,
                   grammar: Grammar | str | None = None) -> Iterator[GenerationChunk]:
         sampler = constrain(sampler, grammar_argument(grammar), self.tokenizer)
+        keep = None
+        if self.context_shift:
+            bos = self.tokenizer.bos_id
+            keep = min(self.n_keep + (1 if bos is not None and prompt_ids[:1] == [bos] else 0), len(prompt_ids))
         chunks = stream_generate(self.context, self.tokenizer, prompt_ids, sampler,
-                                 max_tokens=max_tokens, stop=stop or ())
+                                 max_tokens=max_tokens, stop=stop or (), context_shift=keep)
         return self._reported(chunks) if self.verbose else chunks
 
     def _reported(self, chunks: Iterator[GenerationChunk]) -> Iterator[GenerationChunk]:

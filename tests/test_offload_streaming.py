@@ -138,9 +138,13 @@ def test_weight_stream_reports_a_file_that_shrank(data_file):
 
 # ---- bit-identical to the in-RAM engine ----------------------------------------------------------
 
-def write_mixed_model(path, arch):
-    """A tiny model whose matrices cycle through several types (token_embd Q8_0)."""
+def write_mixed_model(path, arch, n_layer=None):
+    """A tiny model whose matrices cycle through several types (token_embd Q8_0); n_layer keeps
+    only the first layers."""
     kv, weights = tiny_model(arch)
+    if n_layer is not None:
+        kv[f"{arch}.block_count"] = n_layer
+        weights = {n: w for n, w in weights.items() if not n.startswith("blk.") or int(n.split(".")[1]) < n_layer}
     tensors = []
     for i, (name, arr) in enumerate(weights.items()):
         kind = T.F32 if arr.ndim == 1 else (T.Q8_0 if name == "token_embd.weight" else MATRIX_TYPES[i % 7])
