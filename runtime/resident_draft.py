@@ -20,9 +20,11 @@ and one round goes:
 So each read of the head serves several tokens, and the output is exactly plain decode's, for
 any sampler (one sample per emitted token, from the same logits, in the same order).
 
-The draft length k is chosen each round from measurements (`DraftLength`): the seconds of a
-draft step and of a verification, and the rate at which drafts are kept. Where layers stream,
-a draft step reads them too; k = 1 (plain decode) wins when that costs more than drafting saves.
+The rows claim the budget only where drafting is expected to read MIN_GAIN times fewer bytes
+per token (`draft_pays`). The draft length k is chosen each round from measurements
+(`DraftLength`): the seconds of a draft step, a verification and a plain step, and the rate at
+which drafts are kept. Where layers stream, a draft step reads them too; k = 1 (plain decode)
+wins when that costs more than drafting saves.
 A draft that skipped streamed layers instead would agree with the model on only 70-86% of
 tokens for each FFN skipped (measured on qwen2.5-coder-0.5b), and its hidden states would not
 be the model's, so verification would have to recompute the layers.
