@@ -233,6 +233,7 @@ def generate_step(context: KVContext, prompt_ids: Sequence[int], sampler: Sample
     pending = [sampler(logits, history)]
     stats.prompt_seconds = time.perf_counter() - start
     produced = 0
+    dropped = 0       # tokens context shifts took out of the cache: it holds history less those
     try:
         while True:
             for token in pending:
@@ -244,7 +245,9 @@ def generate_step(context: KVContext, prompt_ids: Sequence[int], sampler: Sample
             if context.full:
                 if context_shift is None or len(context) - context_shift < 2:
                     return
+                before = len(context)
                 context.shift(context_shift)
+                dropped += before - len(context)
             start = time.perf_counter()
             room = context.n_ctx - len(context) if max_tokens is None else \
                 min(max_tokens - produced, context.n_ctx - len(context))
@@ -252,14 +255,15 @@ def generate_step(context: KVContext, prompt_ids: Sequence[int], sampler: Sample
             stats.decode_seconds += time.perf_counter() - start
     finally:
         # the cache holds what was yielded but the last token, never a draft nobody took
-        if len(context) > len(history) - 1:
-            context.keep(len(history) - 1)
+        if len(context) > len(history) - 1 - dropped:
+            context.keep(len(history) - 1 - dropped)
 
 
 def _next_tokens(context: KVContext, token: int, history: list[int], sampler: SamplerFn,
                  room: int) -> list[int]:
     """Evaluate `token` and sample what follows: one token, or, where the engine drafts
-    (resident_draft.py), up to `room` tokens of which all but the last are in the cache.
+    (resident_draft.py, ngram_draft.py), up to `room` tokens of which all but the last are in
+    the cache.
 
     With a draft, the sampler runs on the model's logits at each drafted position in turn, and
     the drafts are kept while its samples agree with them: every emitted token is sampled from

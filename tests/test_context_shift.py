@@ -107,3 +107,19 @@ def test_generation_goes_on_past_a_full_context(smollm2_path):
     assert out["usage"]["completion_tokens"] < 48
     with pytest.raises(ValueError, match="n_keep"):
         Model.load(smollm2_path, n_ctx=48, n_keep=48)
+
+
+def test_stopping_after_a_shift_leaves_only_what_was_taken(smollm2_path):
+    """A consumer that stops after a shift (with prompt-lookup drafts in flight) leaves the cache
+    holding the kept prompt and the taken tokens, less what the shift dropped."""
+    from lanternlm.runtime.generate import KVContext, generate_step
+
+    eng = Engine.load(smollm2_path, n_ctx=40, threads=1, draft="ngram")
+    context = KVContext(eng, 40)
+    prompt = [1, 504, 3000, 1500, 504, 3000, 1500, 504, 3000, 1500]
+    steps = generate_step(context, prompt, lambda logits, h: int(np.argmax(logits)), max_tokens=60,
+                          context_shift=2)
+    taken = [next(steps) for _ in range(45)]
+    steps.close()
+    assert eng.n_past == len(context.ids) < 40
+    assert context.ids[:2] == prompt[:2] and context.ids[-5:] == (prompt + taken)[-6:-1]
