@@ -152,7 +152,7 @@ def _placement(gguf_file, graphs, budget: int, plan, draft: bool = False) -> Pla
     streams and drafting is expected to pay (resident_draft.draft_pays), the budget first sets
     aside resident_draft.draft_rows of its rows, and the head streams on a stream of its own,
     so that verifying drafts reads it alone."""
-    from .resident_draft import draft_pays, draft_rows, head_node
+    from .resident_draft import head_node
 
     matrices, tables, order = weight_uses(graphs)
     sizes = {name: ref.nbytes for name, ref in gguf_file.tensors.items()}
@@ -168,21 +168,31 @@ def _placement(gguf_file, graphs, budget: int, plan, draft: bool = False) -> Pla
     head = node.weights[0] if node is not None else None
     rows = 0
     if draft and plan is None and head in residency.streamed:
-        ref = gguf_file.tensors[head]
-        rows, nbytes = draft_rows(ref, budget)
-        try:
-            drafting = plan_residency(sizes, matrices, tables, budget - nbytes, buffers) if rows else None
-        except ValueError:       # the draft's rows leave no room for what must be resident
-            drafting = None
-        body = lambda r: sum(sizes[n] for n in r.streamed if n != head)    # noqa: E731
-        if drafting is not None and draft_pays(body(residency), body(drafting), sizes[head]):
-            residency = drafting
-            # what the matrices leave over holds more rows
-            rows = min(row_shape(ref)[0], rows + (budget - nbytes - residency.resident_bytes) // (nbytes // rows))
-        else:
-            rows = 0
+        residency, rows = _with_draft_rows(residency, gguf_file.tensors[head], sizes, matrices, tables,
+                                           budget, buffers)
     schedule = [name for name in order if name in residency.streamed]
     schedule += [name for name in residency.streamed if name not in schedule]
     schedules = [[n for n in schedule if n != head], [head]] if rows else [schedule]
     neurons = None if plan is None else neuron_budget(plan, budget - residency.resident_bytes)
     return Placement(residency, schedules, neurons, rows)
+
+
+def _with_draft_rows(residency: Residency, head_ref, sizes, matrices, tables, budget: int,
+                     buffers: int) -> tuple[Residency, int]:
+    """(residency, draft rows) with resident_draft.draft_rows of the streamed head's rows set
+    aside first, and whatever the matrices then leave over as more rows; or (residency, 0) as
+    given where that is not expected to pay (resident_draft.draft_pays) or leaves no room."""
+    from .resident_draft import draft_pays, draft_rows
+
+    rows, nbytes = draft_rows(head_ref, budget)
+    if not rows:
+        return residency, 0
+    try:
+        drafting = plan_residency(sizes, matrices, tables, budget - nbytes, buffers)
+    except ValueError:           # the draft's rows leave no room for what must be resident
+        return residency, 0
+    body = lambda r: sum(sizes[n] for n in r.streamed if n != head_ref.name)    # noqa: E731
+    if not draft_pays(body(residency), body(drafting), sizes[head_ref.name]):
+        return residency, 0
+    leftover = budget - nbytes - drafting.resident_bytes
+    return drafting, min(row_shape(head_ref)[0], rows + leftover // (nbytes // rows))
