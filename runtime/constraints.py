@@ -139,9 +139,9 @@ class _Vocabulary:
 
     def __init__(self, tokenizer):
         self._tokenizer = tokenizer
-        special = (TokenAttr.CONTROL | TokenAttr.UNKNOWN | TokenAttr.UNUSED | TokenAttr.UNDEFINED)
-        attrs = tokenizer.attrs.tolist()
-        self.special_token_ids = [i for i, a in enumerate(attrs) if a & special or a == 0]
+        special = TokenAttr.CONTROL | TokenAttr.UNKNOWN | TokenAttr.UNUSED
+        attrs = tokenizer.attrs.tolist()       # UNDEFINED is 0: no flag to test, compared instead
+        self.special_token_ids = [i for i, a in enumerate(attrs) if a & special or a == TokenAttr.UNDEFINED]
         marked = set(self.special_token_ids)
         self.tokens = [b"\xff" + tokenizer.tokens[i].encode("utf-8") if i in marked
                        else tokenizer.token_to_piece(i) for i in range(tokenizer.n_vocab)]

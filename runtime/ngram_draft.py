@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .draft_counts import DraftCounts
+from .draft_counts import DraftCounts, KeptRate, expected_tokens, moving_average
 
 MAX_NGRAM = 4
 MIN_NGRAM = 2          # single-token matches guessed right too rarely to pay for a verification
@@ -52,7 +52,6 @@ class NgramDraft(DraftCounts):
     which a tested draft is kept. Where the text does not repeat, a falls and plain decode wins
     (every PROBE_EVERY-th round still drafts, to notice when repetition starts)."""
 
-    DECAY = 0.9
     PROBE_EVERY = 8
     # verify(k) / decode measured on qwen2.5-coder-0.5b, 2 cores: 1.03, 1.64, 2.47, 2.97 for
     # k = 1, 2, 4, 8 (benchmarks/bench_speculative.py): about 1 + 0.3 (k - 1)
@@ -63,19 +62,15 @@ class NgramDraft(DraftCounts):
         self.max_draft = max_draft
         self.plain = None                      # seconds of a plain step
         self.verify_seconds: dict[int, float] = {}
-        self.kept_tested = [0.0, 0.0]          # decayed counts
+        self.rate = KeptRate()
         self._rounds = 0
-
-    def _average(self, old, new):
-        return new if old is None else self.DECAY * old + (1 - self.DECAY) * new
 
     def _tokens_per_second(self, k: int) -> float:
         if k == 1:
             return 1.0 / self.plain
-        kept, tested = self.kept_tested
-        a = kept / tested if tested else 1.0
+        a = self.rate.value if self.rate.value is not None else 1.0
         seconds = self.verify_seconds.get(k, self.plain * (1 + self.VERIFY_SLOPE * (k - 1)))
-        return sum(a ** j for j in range(k)) / seconds
+        return expected_tokens(a, k) / seconds
 
     def next_length(self) -> int:
         self._rounds += 1
@@ -95,13 +90,13 @@ class NgramDraft(DraftCounts):
         start = time.perf_counter()
         rows = engine.verify([token, *drafts[:-1]])
         m = len(drafts)
-        self.verify_seconds[m] = self._average(self.verify_seconds.get(m), time.perf_counter() - start)
+        self.verify_seconds[m] = moving_average(self.verify_seconds.get(m), time.perf_counter() - start)
         return drafts, rows
 
     def timed_plain(self, seconds: float) -> None:
         self.counted_plain()
-        self.plain = self._average(self.plain, seconds)
+        self.plain = moving_average(self.plain, seconds)
 
     def record(self, drafted: int, emitted: int, kept: int) -> None:
         super().record(drafted, emitted, kept)
-        self.kept_tested = [self.DECAY * self.kept_tested[0] + kept, self.DECAY * self.kept_tested[1] + emitted]
+        self.rate.add(emitted, kept)

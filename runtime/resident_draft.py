@@ -41,7 +41,7 @@ from gguf import quants as gguf_quants
 from ..quant import QTYPES
 from .backends.cpu import quant_type, row_shape
 from .backends.cpu_streaming import StreamingCpuBackend, row_chunks, streamed_matvecs
-from .draft_counts import DraftCounts
+from .draft_counts import DraftCounts, KeptRate, expected_tokens, moving_average
 from .executor import Executor
 from .graph import Graph, Op
 
@@ -96,8 +96,8 @@ def draft_pays(body: int, body_with_draft: int, head: int) -> bool:
     reads the streamed body and the head for each token; with the draft's rows resident the body
     that streams grows to body_with_draft, read at every draft step, and a round of k steps reads
     the head once for 1 + a + ... + a^(k-1) tokens."""
-    a = ASSUMED_ACCEPTANCE
-    best = min((k * body_with_draft + head) / sum(a ** j for j in range(k)) for k in range(2, MAX_DRAFT + 1))
+    best = min((k * body_with_draft + head) / expected_tokens(ASSUMED_ACCEPTANCE, k)
+               for k in range(2, MAX_DRAFT + 1))
     return best * MIN_GAIN < body + head
 
 
@@ -140,39 +140,33 @@ class DraftLength:
     token it tests. Every PROBE_EVERY-th round runs the choice not taken (plain decode, or a
     draft of 2), so that its estimate keeps up with the machine."""
 
-    DECAY = 0.9
     PROBE_EVERY = 16
 
     def __init__(self, max_draft: int, first: int = 4):
         self.max_draft = max_draft
         self.first = min(first, max_draft)
         self.plain = self.step = self.verify = None      # seconds
-        self.kept = self.tested = 0.0                    # decayed counts
+        self.rate = KeptRate()
         self._rounds = 0
 
     @property
     def acceptance(self) -> float | None:
-        return self.kept / self.tested if self.tested else None
-
-    def _average(self, old: float | None, new: float) -> float:
-        return new if old is None else self.DECAY * old + (1 - self.DECAY) * new
+        return self.rate.value
 
     def timed_plain(self, seconds: float) -> None:
-        self.plain = self._average(self.plain, seconds)
+        self.plain = moving_average(self.plain, seconds)
 
     def timed(self, k: int, draft_seconds: float, verify_seconds: float) -> None:
-        self.step = self._average(self.step, draft_seconds / k)
-        self.verify = self._average(self.verify, verify_seconds)
+        self.step = moving_average(self.step, draft_seconds / k)
+        self.verify = moving_average(self.verify, verify_seconds)
 
     def kept_of(self, tested: int, kept: int) -> None:
-        self.kept = self.DECAY * self.kept + kept
-        self.tested = self.DECAY * self.tested + tested
+        self.rate.add(tested, kept)
 
     def expected_seconds(self, k: int) -> float:
         if k == 1:
             return self.plain
-        a = self.acceptance
-        return (k * self.step + self.verify) / sum(a ** j for j in range(k))
+        return (k * self.step + self.verify) / expected_tokens(self.acceptance, k)
 
     def next(self) -> int:
         self._rounds += 1
