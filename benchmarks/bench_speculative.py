@@ -1,10 +1,11 @@
-"""Speculative decoding with prompt-lookup drafts against plain decode, measured in one process.
+"""Speculative decoding against plain decode, measured in one process.
 
-    python benchmarks/bench_speculative.py [MODEL] [-n 160] [-t 2] [-r 2]
+    python benchmarks/bench_speculative.py [MODEL] [--spec ngram|draft:PATH] [-n 160] [-t 2] [-r 2]
 
 Greedy generation of up to n tokens for each prompt: two that ask to edit a given piece of
 code or text (the reply repeats much of its prompt, where prompt lookup pays) and one without
-repetition. For each: plain decode tok/s, with drafts (Model(draft="ngram")), the speedup, the
+repetition. For each: plain decode tok/s, with drafts (Model(draft="ngram"), prompt lookup, by
+default; or a draft model with --spec draft:PATH), the speedup, the
 share of drafted tokens kept, the tokens per verification, and whether the texts are identical
 (they must be). Also verify(k) / decode for k = 1, 2, 4, 8: what checking k tokens at once
 costs on our kernels.
@@ -76,11 +77,13 @@ def main() -> None:
     ap.add_argument("-n", "--n-gen", type=int, default=160)
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("-r", "--repetitions", type=int, default=2)
+    ap.add_argument("--spec", default="ngram", help="the draft: ngram (default) or draft:PATH")
     args = ap.parse_args()
     plain = Model.load(args.model, n_ctx=1024, threads=args.threads, draft=False)
-    drafting = Model.load(args.model, n_ctx=1024, threads=args.threads, draft="ngram")
-    print(f"{args.model}, {args.threads} threads, greedy, up to {args.n_gen} tokens, best of {args.repetitions}")
-    print(f"{'prompt':>14} {'tokens':>6} {'plain tok/s':>11} {'ngram tok/s':>11} {'speedup':>7} "
+    drafting = Model.load(args.model, n_ctx=1024, threads=args.threads, draft=args.spec)
+    print(f"{args.model}, {args.threads} threads, greedy, up to {args.n_gen} tokens, best of {args.repetitions}, "
+          f"drafts: {args.spec}")
+    print(f"{'prompt':>14} {'tokens':>6} {'plain tok/s':>11} {'spec tok/s':>11} {'speedup':>7} "
           f"{'kept':>5} {'tokens/verify':>13} {'identical':>9}")
     for name, ask in PROMPTS.items():
         ids = plain.chat_prompt_ids([{"role": "user", "content": ask}])

@@ -106,7 +106,7 @@ def _affine_codes(q, x, b, levels, top):
 
 
 @njit(cache=True)
-def _pack_nibbles(out, o, q):
+def pack_nibbles(out, o, q):
     """out[o + j] = low 4 bits of q[j] | q[j + 16] << 4, for j < 16."""
     for j in range(16):
         out[o + j] = (q[j] & 0xF) | ((q[j + 16] << 4) & 0xF0)
@@ -126,15 +126,15 @@ def _pack_fifth_bits(out, o, q):
 
 @njit(cache=True)
 def _quantize_q4_0(out, o, x, b, q):
-    _store_half(out, o, _symmetric_codes(q, x, b, np.float32(-8.0), np.float32(8.5), 15))
-    _pack_nibbles(out, o + 2, q)
+    _store_half(out, o, q4_0_codes(q, x, b))
+    pack_nibbles(out, o + 2, q)
 
 
 @njit(cache=True)
 def _quantize_q5_0(out, o, x, b, q):
     _store_half(out, o, _symmetric_codes(q, x, b, np.float32(-16.0), np.float32(16.5), 31))
     _pack_fifth_bits(out, o + 2, q)
-    _pack_nibbles(out, o + 6, q)
+    pack_nibbles(out, o + 6, q)
 
 
 @njit(cache=True)
@@ -142,7 +142,7 @@ def _quantize_q4_1(out, o, x, b, q):
     d, m = _affine_codes(q, x, b, np.float32(15.0), 15)
     _store_half(out, o, d)
     _store_half(out, o + 2, m)
-    _pack_nibbles(out, o + 4, q)
+    pack_nibbles(out, o + 4, q)
 
 
 @njit(cache=True)
@@ -151,20 +151,34 @@ def _quantize_q5_1(out, o, x, b, q):
     _store_half(out, o, d)
     _store_half(out, o + 2, m)
     _pack_fifth_bits(out, o + 4, q)
-    _pack_nibbles(out, o + 8, q)
+    pack_nibbles(out, o + 8, q)
 
 
 @njit(cache=True)
-def _quantize_q8_0(out, o, x, b, q):
+def q8_0_codes(q, x, b):
+    """q[j] = the byte of x/d rounded half away from zero (two's complement), d = max|x| / 127
+    over x[b : b+32]; returns d (Q8_0's codes; the KV cache's q8_0 rows use them too)."""
     amax = np.float32(0.0)
     for j in range(BLOCK):
         amax = max(amax, abs(x[b + j]))
     d = amax / np.float32(127.0)
     inv = _inverse(d)
-    _store_half(out, o, d)
     for j in range(BLOCK):
-        v = _round_away(x[b + j] * inv)
-        out[o + 2 + j] = _as_byte(v)
+        q[j] = _as_byte(_round_away(x[b + j] * inv))
+    return d
+
+
+@njit(cache=True)
+def q4_0_codes(q, x, b):
+    """Q4_0's codes of x[b : b+32] in q (0..15); returns d (see _symmetric_codes)."""
+    return _symmetric_codes(q, x, b, np.float32(-8.0), np.float32(8.5), 15)
+
+
+@njit(cache=True)
+def _quantize_q8_0(out, o, x, b, q):
+    _store_half(out, o, q8_0_codes(q, x, b))
+    for j in range(BLOCK):
+        out[o + 2 + j] = q[j]
 
 
 def _quantize_rows(out, x):

@@ -27,6 +27,8 @@ from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
+from .kv_cache import cache_type
+
 
 class Runner(Protocol):
     n_vocab: int
@@ -243,6 +245,8 @@ class LoadOptions:
     ram_budget: int | str | None = None   # lantern only: weights past it stream from disk
     offload_plan: str | bool | None = None   # with ram_budget: Engine's offload_plan
     draft: bool | str = True                  # Engine's draft
+    cache_type_k: str = "f16"                 # KV cache types (kv_cache.CACHE_TYPES)
+    cache_type_v: str = "f16"
 
 
 def load_lantern(path, opts: LoadOptions) -> tuple[LanternRunner, float]:
@@ -252,7 +256,8 @@ def load_lantern(path, opts: LoadOptions) -> tuple[LanternRunner, float]:
     t0 = time.perf_counter()
     engine = Engine.load(path, n_ctx=opts.n_ctx, threads=opts.threads, n_batch=opts.n_batch,
                          backend=opts.backend, device=opts.device, ram_budget=opts.ram_budget,
-                         offload_plan=opts.offload_plan, draft=opts.draft)
+                         offload_plan=opts.offload_plan, draft=opts.draft, cache_type_k=opts.cache_type_k,
+                         cache_type_v=opts.cache_type_v)
     return LanternRunner(engine), time.perf_counter() - t0
 
 
@@ -269,9 +274,12 @@ def load_llama_cpp(path, opts: LoadOptions) -> tuple[LlamaCppRunner, float]:
     """(runner, Llama(...) wall seconds). llama-cpp-python is optional: a clear error without it."""
     llama_cpp = require_llama_cpp()
     t0 = time.perf_counter()
+    # a quantized V cache needs llama.cpp's flash attention
+    cache = {"type_k": cache_type(opts.cache_type_k).ggml_type, "type_v": cache_type(opts.cache_type_v).ggml_type,
+             "flash_attn": cache_type(opts.cache_type_v).block > 1}
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=opts.n_ctx, n_batch=opts.n_batch,
                           n_ubatch=opts.n_batch, n_threads=opts.threads, n_threads_batch=opts.threads,
-                          n_gpu_layers=0, logits_all=False, verbose=False)
+                          n_gpu_layers=0, logits_all=False, verbose=False, **cache)
     return LlamaCppRunner(llm), time.perf_counter() - t0
 
 
@@ -294,7 +302,7 @@ class BenchResult:
     memory_before: Memory | None         # just before the load
     threads_used: dict[str, dict[int, int]] | None = None
     offload: dict | None = None          # under a RAM budget: offload_report()
-    draft: dict | None = None            # with draft="ngram" (no budget): speculation_report()
+    draft: dict | None = None            # with draft="ngram" or a draft model (no budget): speculation_report()
 
     def growth(self, field: str) -> float | None:
         """MiB of `field` ("anon_mib", "file_mib") added from before the load to after the run."""
@@ -332,12 +340,12 @@ def bench_engine(engine: str, path, opts: LoadOptions, n_prompt: int, n_gen: int
         raise RuntimeError(f"{engine} sees {runner.n_vocab} vocabulary entries, expected {vocab_check}")
     prompt_ids, gen_ids = bench_ids(runner.n_vocab, n_prompt, n_gen, seed)
     streamed = opts.ram_budget is not None and engine == "lantern"
-    ngram = opts.draft == "ngram" and engine == "lantern"
-    greedy_prompt = prose_prompt(runner.engine) if streamed or ngram else None
+    verified = isinstance(opts.draft, str) and engine == "lantern"   # prompt lookup or a draft model
+    greedy_prompt = prose_prompt(runner.engine) if streamed or verified else None
     pp, tg = measure(runner, prompt_ids, gen_ids, repetitions, progress=lambda m: progress(f"{engine}: {m}"),
                      greedy_prompt=greedy_prompt)
     offload = offload_report(runner, greedy_prompt, n_gen) if streamed else None
-    speculation = speculation_report(runner, greedy_prompt, n_gen) if ngram and not streamed else None
+    speculation = speculation_report(runner, greedy_prompt, n_gen) if verified and not streamed else None
     memory = read_memory()
     if memory is not None and not peak_is_own:  # the process's peak, which may be another engine's
         memory = replace(memory, peak_mib=None)
@@ -384,20 +392,21 @@ def offload_report(runner: LanternRunner, greedy_prompt: Sequence[int], n_gen: i
 
 
 def draft_report(draft, before: dict, n_gen: int) -> dict:
-    """What drafting did over n_gen generated tokens (runtime/resident_draft.py, ngram_draft.py):
+    """What drafting did over n_gen generated tokens (resident_draft.py, ngram_draft.py, model_draft.py):
     rounds that drafted, plain decode steps, drafted and kept tokens, and the tokens each pass
     gave (a round or a plain step: one read of the streamed head, one verification)."""
     d = {key: value - before[key] for key, value in draft.counts().items()}
     passes = d["rounds"] + d["plain_steps"]
     rows = getattr(draft, "token_ids", None)
-    return {"kind": "ngram" if rows is None else "resident", "head_rows": None if rows is None else int(rows.shape[0]),
+    return {"kind": getattr(draft, "kind", "resident"), "head_rows": None if rows is None else int(rows.shape[0]),
             **d, "acceptance": d["kept"] / d["drafted"] if d["drafted"] else None,
             "mean_kept_per_round": d["kept"] / d["rounds"] if d["rounds"] else None,
             "tokens_per_pass": n_gen / passes if passes else None}
 
 
 def speculation_report(runner: LanternRunner, greedy_prompt: Sequence[int], n_gen: int) -> dict:
-    """draft_report over one more greedy run of n_gen tokens (an engine with draft='ngram')."""
+    """draft_report over one more greedy run of n_gen tokens (an engine with draft='ngram' or a
+    draft model)."""
     draft = runner.engine.draft
     steps = runner.greedy_tokens(greedy_prompt, n_gen + 1)
     next(steps)

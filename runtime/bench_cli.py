@@ -104,8 +104,8 @@ def format_threads_used(used: dict[str, dict[int, int]]) -> str:
 
 def greedy_decode(args) -> bool:
     """Whether tg is greedy generation after the prose prompt (runtime.bench): under a RAM
-    budget, or with prompt-lookup drafts."""
-    return args.ram_budget is not None or getattr(args, "spec", None) == "ngram"
+    budget, or with speculative decoding (--spec)."""
+    return args.ram_budget is not None or getattr(args, "spec", None) is not None
 
 
 def format_offload(name: str, off: dict) -> str:
@@ -158,7 +158,8 @@ def main(args) -> int:
     n_ctx = args.ctx or prompt + args.n_gen
     opts = LoadOptions(threads=args.threads, n_ctx=n_ctx, n_batch=args.n_prompt,
                        backend=args.backend, device=args.device, ram_budget=args.ram_budget,
-                       offload_plan=offload_plan_option(args), draft=draft_option(args))
+                       offload_plan=offload_plan_option(args), draft=draft_option(args),
+                       cache_type_k=args.cache_type_k, cache_type_v=args.cache_type_v)
     # llama.cpp has no automatic choice: every core Numba sees, unless -t fixes both engines
     llama_opts = replace(opts, threads=args.threads or numba.config.NUMBA_NUM_THREADS)
     if args.vs_llama_cpp:

@@ -72,7 +72,7 @@ def constraint_option(args: argparse.Namespace):
 
 def add_runtime_args(p: argparse.ArgumentParser, ctx: int | None, ctx_help: str | None = None) -> None:
     """--ctx, --threads, --backend, --device, --ram-budget, --offload-plan, --no-draft,
-    --context-shift, --keep, --spec."""
+    --context-shift, --keep, --spec, --cache-type-k, --cache-type-v."""
     g = p.add_argument_group("runtime")
     g.add_argument("-c", "--ctx", type=int, default=ctx, metavar="N",
                    help=ctx_help or f"context window in tokens (default {ctx})")
@@ -95,10 +95,23 @@ def add_runtime_args(p: argparse.ArgumentParser, ctx: int | None, ctx_help: str 
                         "on, re-rotating the cached keys, instead of stopping")
     g.add_argument("--keep", type=int, default=0, metavar="N",
                    help="with --context-shift: prompt tokens kept at the start, besides BOS (default 0)")
-    g.add_argument("--spec", choices=["ngram"], default=None,
-                   help="speculative decoding: 'ngram' drafts from what followed the same tokens earlier "
-                        "in the prompt and reply (prompt lookup), verified exactly: same output, faster "
-                        "where the reply repeats its prompt (editing code or text)")
+    for short, part in (("-ctk", "k"), ("-ctv", "v")):
+        g.add_argument(f"--cache-type-{part}", short, dest=f"cache_type_{part}", default="f16",
+                       choices=["f32", "f16", "q8_0", "q4_0"], metavar="TYPE",
+                       help=f"KV cache type for {'keys' if part == 'k' else 'values'}: f32, f16, q8_0 or q4_0 "
+                            f"(default f16; q8_0 about halves the cache, q4_0 keeps 28%% of it)")
+    g.add_argument("--spec", type=_spec, default=None, metavar="ngram|draft:PATH",
+                   help="speculative decoding, verified exactly (same output): 'ngram' drafts from what "
+                        "followed the same tokens earlier in the prompt and reply (prompt lookup: faster "
+                        "where the reply repeats its prompt, editing code or text); 'draft:PATH' drafts "
+                        "with a smaller model of the same vocabulary (a GGUF path or catalog name)")
+
+
+def _spec(value: str) -> str:
+    """--spec's value: 'ngram', or 'draft:' and a draft model."""
+    if value == "ngram" or (value.startswith("draft:") and len(value) > len("draft:")):
+        return value
+    raise argparse.ArgumentTypeError(f"expected 'ngram' or 'draft:PATH', got {value!r}")
 
 
 def sampling_options(args: argparse.Namespace) -> dict:
@@ -187,7 +200,8 @@ def describe_settings(options: dict) -> str:
 
 
 def draft_option(args: argparse.Namespace) -> bool | str:
-    """--spec / --no-draft as Engine's draft: "ngram", or True/False for the budget's draft."""
+    """--spec / --no-draft as Engine's draft: "ngram", "draft:PATH", or True/False for the
+    budget's draft."""
     if getattr(args, "spec", None) is not None:
         if not args.draft:
             raise ValueError("--spec and --no-draft contradict each other")
@@ -219,7 +233,8 @@ def load_model(model: str, n_ctx: int, args: argparse.Namespace):
         loaded = Model.load(model, n_ctx=n_ctx, threads=args.threads, backend=args.backend, device=args.device,
                             ram_budget=args.ram_budget, offload_plan=offload_plan_option(args),
                             draft=draft_option(args), context_shift=getattr(args, "context_shift", False),
-                            n_keep=getattr(args, "keep", 0))
+                            n_keep=getattr(args, "keep", 0), type_k=args.cache_type_k,
+                            type_v=args.cache_type_v)
         loaded.engine.warm_up()
     return loaded
 

@@ -8,9 +8,9 @@ by -n_discard with its own layer's rope (base, scale, dimensions and layout: gem
 and global layers differ), and values just move. Positions stay contiguous, so sliding-window
 masks, which compare positions, keep working.
 
-The keys are rotated in float32 and stored back in the cache's element type (an f16 cache
-rounds them again, as llama.cpp's does); a fresh evaluation of the kept tokens differs only by
-that rounding (tests/test_context_shift.py).
+The keys are rotated in float32 and stored back in the cache's type (an f16 cache rounds them
+again and a quantized one quantizes them again, as llama.cpp's does); a fresh evaluation of the
+kept tokens differs only by that rounding (tests/test_context_shift.py).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from .backends.cpu_kernels import kv_encode, kv_load
+from .backends.kv_rows import get_row, hadamard, hadamard_reference, put_row, row_width
 from .graph import Graph, Op
 
 
@@ -48,18 +48,21 @@ def key_ropes(graph: Graph) -> dict[int, KeyRope]:
 
 
 @njit(cache=True)
-def shift_cache(k_cache, v_cache, n_keep, n_discard, n_past, cos, sin, n_rot, neox):
+def shift_cache(k_cache, v_cache, n_keep, n_discard, n_past, cos, sin, n_rot, neox, k_rotation):
     """Move entries [n_keep + n_discard, n_past) of one layer's cache down by n_discard, the
     keys rotated by -n_discard (cos, sin: the angles of position n_discard, f32 (n_rot // 2,)).
 
-    k_cache, v_cache: u16 half bits or f32 (n_head_kv, n_ctx, head_dim[_v])."""
+    k_cache, v_cache: (n_head_kv, n_ctx, row) of any cache type (kv_cache.py); a quantized key
+    row is dequantized, rotated and quantized again (as llama.cpp does), and where the cache
+    holds it Hadamard-rotated (k_rotation > 0) turned back first and rotated again after."""
     half = n_rot // 2
-    row = np.empty(k_cache.shape[2], dtype=np.float32)
+    row = np.empty(row_width(k_cache), dtype=np.float32)
+    codes = np.empty(32, dtype=np.int64)
     for h in range(k_cache.shape[0]):
         for p in range(n_keep + n_discard, n_past):
             q = p - n_discard
-            for d in range(k_cache.shape[2]):
-                row[d] = kv_load(k_cache[h, p, d])
+            get_row(row, k_cache[h, p])
+            hadamard(row, k_rotation)
             for i in range(half):
                 if neox:
                     i0 = i
@@ -71,21 +74,27 @@ def shift_cache(k_cache, v_cache, n_keep, n_discard, n_past, cos, sin, n_rot, ne
                 x1 = row[i1]
                 row[i0] = x0 * cos[i] + x1 * sin[i]     # rotation by -angle
                 row[i1] = x1 * cos[i] - x0 * sin[i]
-            for d in range(k_cache.shape[2]):
-                k_cache[h, q, d] = kv_encode(k_cache, row[d])
+            hadamard(row, k_rotation)
+            put_row(k_cache[h, q], row, codes)
             for d in range(v_cache.shape[2]):
                 v_cache[h, q, d] = v_cache[h, p, d]
 
 
-def shift_cache_reference(k_cache, v_cache, n_keep, n_discard, n_past, cos, sin, n_rot, neox, to_f32, from_f32):
-    """shift_cache's naive twin, in numpy: the same rotation written as a 2x2 matrix product."""
+def shift_cache_reference(k_cache, v_cache, n_keep, n_discard, n_past, cos, sin, n_rot, neox, k_rotation,
+                          to_f32, from_f32):
+    """shift_cache's naive twin, in numpy: the same rotation written as a 2x2 matrix product,
+    between the Hadamard matrix products where the cache is rotated."""
     k = to_f32(k_cache[:, n_keep + n_discard:n_past]).astype(np.float32)
+    if k_rotation:
+        k = hadamard_reference(k, k_rotation).astype(np.float32)
     half = n_rot // 2
     idx0 = np.arange(half) if neox else 2 * np.arange(half)
     idx1 = idx0 + half if neox else idx0 + 1
     x0, x1 = k[..., idx0].copy(), k[..., idx1].copy()
     k[..., idx0] = x0 * cos + x1 * sin
     k[..., idx1] = x1 * cos - x0 * sin
+    if k_rotation:
+        k = hadamard_reference(k, k_rotation).astype(np.float32)
     moved = n_past - n_keep - n_discard
     k_cache[:, n_keep:n_keep + moved] = from_f32(k)
     v_cache[:, n_keep:n_keep + moved] = v_cache[:, n_keep + n_discard:n_past].copy()

@@ -1,6 +1,7 @@
 """The engine: a GGUF file in, logits out, with the KV cache kept between calls.
 
     eng = Engine.load(path, n_ctx=2048, threads=None, n_batch=512, kv_type="f16")
+    eng = Engine.load(path, cache_type_k="q8_0", cache_type_v="q4_0")   # a quantized KV cache
     eng = Engine.load(path, ram_budget="40%")   # weights past the budget stream from disk
     logits = eng.eval(prompt_ids)        # f32 (n_vocab,): the last token's logits
     logits = eng.eval([next_id])         # appends at position eng.n_past
@@ -37,7 +38,7 @@ from .backends import get_backend
 from .config import ModelConfig
 from .executor import Executor, Program
 from .graph import Graph
-from .kv_cache import KVCache
+from .kv_cache import KVCache, cache_type
 from .memory_limits import InsufficientMemoryError, ensure_available
 from .models import get_architecture
 from .thread_governor import ThreadGovernor
@@ -71,7 +72,7 @@ class Engine:
                  backend: str = "cpu", device: str | None = None, weights: str | None = None,
                  kv_type: str = "f16", ram_budget: int | str | None = None,
                  offload_plan: str | os.PathLike | bool | None = None, backend_class: type | None = None,
-                 draft: bool | str = True):
+                 draft: bool | str | os.PathLike = True, cache_type_k: str | None = None, cache_type_v: str | None = None):
         if n_ctx < 1 or n_batch < 1:
             raise ValueError(f"n_ctx and n_batch must be positive, got n_ctx={n_ctx}, n_batch={n_batch}")
         if threads is not None:
@@ -98,16 +99,17 @@ class Engine:
 
         # backend_class: a backend class used as given (offload calibration's FFN probe)
         backend_cls = backend_class or get_backend(backend, device=device, weights=weights)
-        # kv_type: the cache's element type, "f16" (llama.cpp's default --cache-type-k/v) or "f32";
-        # a backend without `kv_dtype` keeps its cache in its own float type
-        kv_dtype = backend_cls.kv_dtype(kv_type) if hasattr(backend_cls, "kv_dtype") else np.float32
-        self._check_context(n_ctx, backend_cls, kv_dtype)
+        # the cache's types (kv_cache.CACHE_TYPES): kv_type for both keys and values, "f16" by
+        # default as in llama.cpp; cache_type_k / cache_type_v (--cache-type-k/-v) for each
+        kv_types = tuple(backend_cls.cache_storage(cache_type(name or kv_type))
+                         for name in (cache_type_k, cache_type_v))
+        self._check_context(n_ctx, backend_cls, kv_types)
         if ram_budget is None and backend_class is None and backend == "cpu" and gguf_file.path:
             from .resident_draft import draft_buffer_bytes
 
             extra = draft_buffer_bytes(self.cfg.n_vocab) if draft is True else 0
-            ram_budget = self._automatic_budget(KVCache.nbytes_for(self.cfg, n_ctx, kv_dtype) + extra)
-        self.kv = KVCache.for_config(self.cfg, n_ctx, zeros=backend_cls.zeros, dtype=kv_dtype)
+            ram_budget = self._automatic_budget(KVCache.nbytes_for(self.cfg, n_ctx, *kv_types) + extra)
+        self.kv = KVCache.for_config(self.cfg, n_ctx, backend_cls.zeros, *kv_types)
         if ram_budget is None:
             self.backend = backend_cls(gguf_file.tensors, self.kv)
         else:
@@ -125,21 +127,34 @@ class Engine:
             self._verify_programs: dict[int, Program] = {}
             self.draft = self._draft(draft, ram_budget)
 
-    def _draft(self, draft: bool | str, ram_budget):
+    def _draft(self, draft: bool | str | os.PathLike, ram_budget):
         """draft=True: under a budget where the head streams, drafts without it
-        (resident_draft.py); "ngram": prompt lookup (ngram_draft.py); False: none."""
+        (resident_draft.py); "ngram": prompt lookup (ngram_draft.py); a GGUF path or catalog
+        name (or "draft:" and one): a smaller model with the same vocabulary (model_draft.py);
+        False: none."""
+        if draft is True or draft is False:
+            if ram_budget is not None and draft:
+                from .resident_draft import resident_draft
+                return resident_draft(self)
+            return None
+        if not isinstance(draft, (str, os.PathLike)):
+            raise ValueError(f"draft must be True, False, 'ngram' or a draft model's path, got {draft!r}")
+        if self.backend.name != "cpu" or hasattr(self.backend, "bind_ffn"):
+            raise ValueError("drafts verified by the model need the cpu backend and no offload plan "
+                             "(their verification must be exact)")
         if draft == "ngram":
-            if self.backend.name != "cpu" or hasattr(self.backend, "bind_ffn"):
-                raise ValueError("prompt-lookup drafts need the cpu backend and no offload plan "
-                                 "(their verification must be exact)")
             from .ngram_draft import NgramDraft
             return NgramDraft(min(MAX_VERIFY, self.n_batch))
-        if draft not in (True, False):
-            raise ValueError(f"draft must be True, False or 'ngram', got {draft!r}")
-        if ram_budget is not None and draft:
-            from .resident_draft import resident_draft
-            return resident_draft(self)
-        return None
+        from ..formats.catalog import PullError, resolve
+        from .model_draft import ModelDraft
+
+        name = str(draft)
+        name = name[len("draft:"):] if name.startswith("draft:") else name
+        try:
+            path = resolve(name)
+        except PullError as exc:
+            raise ValueError(f"draft model {name!r}: {exc}") from None
+        return ModelDraft(self, path, min(MAX_VERIFY, self.n_batch))
 
     def _automatic_budget(self, kv_bytes: int) -> int | None:
         """None when the model file fits in the memory available (MemAvailable, or a cgroup's
@@ -186,11 +201,11 @@ class Engine:
         self._arch.module.build(g, self.cfg)
         return g.finish()
 
-    def _check_context(self, n_ctx: int, backend_cls, kv_dtype) -> None:
+    def _check_context(self, n_ctx: int, backend_cls, kv_types) -> None:
         """Refuse a KV cache larger than the memory left where the backend keeps it; warn about
         a context longer than the model was trained on (as llama.cpp does)."""
         available = backend_cls.available_memory() if hasattr(backend_cls, "available_memory") else None
-        ensure_available(KVCache.nbytes_for(self.cfg, n_ctx, kv_dtype),
+        ensure_available(KVCache.nbytes_for(self.cfg, n_ctx, *kv_types),
                          f"the KV cache for a context of {n_ctx} tokens", available,
                          advice="use a smaller context (--ctx, n_ctx)")
         if n_ctx > self.cfg.n_ctx_train:
@@ -345,7 +360,7 @@ class Engine:
             for layer, rope in ropes.items():
                 cos, sin = self.backend.rope_table(rope.n_rot, rope.base, rope.freq_scale)
                 shift_cache(self.kv.k[layer], self.kv.v[layer], n_keep, n_discard, self.kv.n_past,
-                            cos[n_discard], sin[n_discard], rope.n_rot, rope.neox)
+                            cos[n_discard], sin[n_discard], rope.n_rot, rope.neox, self.kv.k_rotation)
             self.kv.n_past -= n_discard
 
     def _run(self, prog: Program, phase: str) -> None:

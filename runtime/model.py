@@ -85,7 +85,8 @@ class Model:
                  weights: str | None = None, chat_template: str | None = None,
                  pooling_type: str | int | None = None, embedding: bool = False,
                  ram_budget: int | str | None = None, offload_plan: str | os.PathLike | bool | None = None,
-                 draft: bool | str = True, context_shift: bool = False, n_keep: int = 0):
+                 draft: bool | str | os.PathLike = True, context_shift: bool = False, n_keep: int = 0,
+                 type_k: str | int | None = None, type_v: str | int | None = None):
         """Load a GGUF file (a path, or a catalog name pulled on first use), as
         `llama_cpp.Llama(model_path, n_ctx=..., n_threads=..., verbose=...)` does.
 
@@ -107,10 +108,15 @@ class Model:
         draft: speculative decoding, whose output is always plain decode's. True (default):
         under ram_budget, where the output head streams, draft tokens without it and verify
         several with one read of it (runtime/resident_draft.py); "ngram": prompt lookup, drafts
-        from what followed the same tokens earlier (runtime/ngram_draft.py); False: none.
+        from what followed the same tokens earlier (runtime/ngram_draft.py); a GGUF path or
+        catalog name: a smaller draft model with the same vocabulary (runtime/model_draft.py);
+        False: none.
         context_shift: when a generation fills the context, keep the prompt's first n_keep
         tokens (and its BOS) and drop half of the rest instead of stopping, as llama.cpp's
         --context-shift --keep N (runtime/context_shift.py).
+        type_k, type_v: the KV cache's key and value types, "f16" (default), "f32", "q8_0" or
+        "q4_0" (or their GGML type numbers, as llama-cpp-python takes them), as llama.cpp's
+        --cache-type-k / --cache-type-v (runtime/kv_cache.py).
         """
         start = time.perf_counter()
         get_backend(backend, device=device, weights=weights)  # bad options fail before any download
@@ -121,7 +127,8 @@ class Model:
         self.pooling = pooling_name(pooling_type)
         self.engine = Engine.load(resolve(model_path), n_ctx=n_ctx, threads=n_threads, n_batch=n_batch,
                                   backend=backend, device=device, weights=weights, ram_budget=ram_budget,
-                                  offload_plan=offload_plan, draft=draft)
+                                  offload_plan=offload_plan, draft=draft, cache_type_k=type_k,
+                                  cache_type_v=type_v)
         kv = self.engine.gguf.kv
         self.tokenizer = self.engine.tokenizer
         self.name = str(model_path)
@@ -142,11 +149,13 @@ class Model:
              n_batch: int = 512, backend: str = "cpu", chat_template: str | None = None,
              device: str | None = None, weights: str | None = None,
              ram_budget: int | str | None = None, offload_plan: str | os.PathLike | bool | None = None,
-             draft: bool | str = True, context_shift: bool = False, n_keep: int = 0) -> "Model":
+             draft: bool | str | os.PathLike = True, context_shift: bool = False, n_keep: int = 0,
+             type_k: str | int | None = None, type_v: str | int | None = None) -> "Model":
         """`Model(model, n_ctx=..., n_threads=threads, ...)`: see the constructor."""
         return cls(model, n_ctx=n_ctx, n_threads=threads, n_batch=n_batch, backend=backend,
                    chat_template=chat_template, device=device, weights=weights, ram_budget=ram_budget,
-                   offload_plan=offload_plan, draft=draft, context_shift=context_shift, n_keep=n_keep)
+                   offload_plan=offload_plan, draft=draft, context_shift=context_shift, n_keep=n_keep,
+                   type_k=type_k, type_v=type_v)
 
     # ------------------------------------------------------------------ basics
 

@@ -4,23 +4,19 @@ When a reply copies from its prompt or from itself (editing code, answering from
 rewriting a text), the tokens after the history's last n tokens are often the ones that
 followed those n tokens the last time they occurred. NgramDraft proposes up to k such tokens,
 for the longest n from MAX_NGRAM down to MIN_NGRAM that occurred before, and the engine verifies
-them in one multi-token pass whose rows are bit-identical to one-token decode
-(`Engine.verify`, Graph.row_exact), so the output is exactly plain decode's (generate.py keeps
-drafts while the sampler agrees with them). It needs no second model, and costs nothing where
-nothing repeats: no proposal, plain decode.
+them exactly (verified_draft.py), so the output is exactly plain decode's. It needs no second
+model, and costs nothing where nothing repeats: no proposal, plain decode.
 """
 from __future__ import annotations
 
-import time
 from typing import Sequence
 
 import numpy as np
 
-from .draft_counts import DraftCounts, KeptRate, expected_tokens, moving_average
+from .verified_draft import VerifiedDraft
 
 MAX_NGRAM = 4
 MIN_NGRAM = 2          # single-token matches guessed right too rarely to pay for a verification
-MAX_DRAFT = 8
 
 
 def lookup(history: Sequence[int], k: int, max_n: int = MAX_NGRAM, min_n: int = MIN_NGRAM) -> list[int]:
@@ -38,65 +34,11 @@ def lookup(history: Sequence[int], k: int, max_n: int = MAX_NGRAM, min_n: int = 
     return []
 
 
-class NgramDraft(DraftCounts):
-    """The engine's draft for prompt lookup (Engine(draft="ngram")): proposes, then verifies
-    with Engine.verify.
+class NgramDraft(VerifiedDraft):
+    """The engine's draft for prompt lookup (Engine(draft="ngram")); see verified_draft.py for
+    how its drafts are verified and how many are drafted."""
 
-    How many tokens to draft is chosen each round to maximise the expected tokens per second:
+    kind = "ngram"
 
-        k = 1 (plain decode):  1 token per plain step
-        k >= 2:                (1 + a + ... + a^(k-1)) tokens per verify(k)
-
-    from the measured seconds of a plain step and of verify(k) (moving averages; a k not yet
-    measured is estimated as plain * (1 + VERIFY_SLOPE * (k - 1))) and the measured rate a at
-    which a tested draft is kept. Where the text does not repeat, a falls and plain decode wins
-    (every PROBE_EVERY-th round still drafts, to notice when repetition starts)."""
-
-    PROBE_EVERY = 8
-    # verify(k) / decode measured on qwen2.5-coder-0.5b, 2 cores: 1.03, 1.64, 2.47, 2.97 for
-    # k = 1, 2, 4, 8 (benchmarks/bench_speculative.py): about 1 + 0.3 (k - 1)
-    VERIFY_SLOPE = 0.3
-
-    def __init__(self, max_draft: int = MAX_DRAFT):
-        super().__init__()
-        self.max_draft = max_draft
-        self.plain = None                      # seconds of a plain step
-        self.verify_seconds: dict[int, float] = {}
-        self.rate = KeptRate()
-        self._rounds = 0
-
-    def _tokens_per_second(self, k: int) -> float:
-        if k == 1:
-            return 1.0 / self.plain
-        a = self.rate.value if self.rate.value is not None else 1.0
-        seconds = self.verify_seconds.get(k, self.plain * (1 + self.VERIFY_SLOPE * (k - 1)))
-        return expected_tokens(a, k) / seconds
-
-    def next_length(self) -> int:
-        self._rounds += 1
-        if self.plain is None:
-            return self.max_draft
-        k = max(range(1, self.max_draft + 1), key=self._tokens_per_second)
-        if k == 1 and self._rounds % self.PROBE_EVERY == 0:
-            return self.max_draft
-        return k
-
-    def speculate(self, engine, token: int, k: int, history: Sequence[int]):
-        """(drafts, logits rows) after appending `token` and all but the last draft, or None
-        (and nothing appended) when the history offers no proposal."""
-        drafts = lookup(history, k)
-        if not drafts:
-            return None
-        start = time.perf_counter()
-        rows = engine.verify([token, *drafts[:-1]])
-        m = len(drafts)
-        self.verify_seconds[m] = moving_average(self.verify_seconds.get(m), time.perf_counter() - start)
-        return drafts, rows
-
-    def timed_plain(self, seconds: float) -> None:
-        self.counted_plain()
-        self.plain = moving_average(self.plain, seconds)
-
-    def record(self, drafted: int, emitted: int, kept: int) -> None:
-        super().record(drafted, emitted, kept)
-        self.rate.add(emitted, kept)
+    def propose(self, history: Sequence[int], k: int) -> list[int]:
+        return lookup(history, k)

@@ -28,9 +28,10 @@ def scale(logits):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
-@pytest.mark.parametrize("kv_type, rtol", [("f32", 1e-4), ("f16", 2e-2)])
+@pytest.mark.parametrize("kv_type, rtol", [("f32", 1e-4), ("f16", 2e-2), ("q8_0", 2e-2)])
 def test_logits_after_a_shift_equal_a_fresh_evaluation_of_the_kept_tokens(tmp_path, arch, kv_type, rtol):
-    path = write_mixed_model(tmp_path / f"{arch}.gguf", arch, n_layer=1)
+    # heads of 64: a q8_0 cache needs whole blocks of 32, and rotates heads of 64 (kv_cache.py)
+    path = write_mixed_model(tmp_path / f"{arch}.gguf", arch, n_layer=1, head_dim=64)
     eng = Engine.load(path, n_ctx=32, threads=1, kv_type=kv_type)
     eng.eval(IDS)
     eng.shift(N_KEEP, N_DISCARD)
@@ -82,9 +83,33 @@ def test_shift_kernel_equals_its_numpy_twin(neox, half):
     else:
         to = back = lambda a: np.asarray(a, dtype=np.float32)
     k2, v2 = k.copy(), v.copy()
-    shift_cache(k, v, 2, 5, 14, cos, sin, 6, neox)
-    shift_cache_reference(k2, v2, 2, 5, 14, cos, sin, 6, neox, to, back)
+    shift_cache(k, v, 2, 5, 14, cos, sin, 6, neox, 0)
+    shift_cache_reference(k2, v2, 2, 5, 14, cos, sin, 6, neox, 0, to, back)
     np.testing.assert_array_equal(k[:, :9], k2[:, :9])
+    np.testing.assert_array_equal(v[:, :9], v2[:, :9])
+
+
+def test_shift_kernel_on_a_rotated_q8_0_cache_equals_its_numpy_twin():
+    """Quantized, Hadamard-rotated keys are read back, turned back, shifted, rotated and quantized
+    again: as the twin does with gguf-py's Q8_0 and the Hadamard matrix, within a code step."""
+    from gguf import GGMLQuantizationType as T
+    from gguf.quants import dequantize, quantize
+
+    from lanternlm.runtime.kv_cache import Q8_0_BLOCK
+
+    rng = np.random.default_rng(1)
+    to = lambda blocks: dequantize(np.ascontiguousarray(blocks).view(np.uint8), T.Q8_0).reshape(blocks.shape[:-1] + (-1,))  # noqa: E731
+    back = lambda a: quantize(np.asarray(a, dtype=np.float32), T.Q8_0).view(Q8_0_BLOCK).reshape(a.shape[:-1] + (-1,))  # noqa: E731
+    k = back(rng.standard_normal((2, 16, 64)).astype(np.float32))
+    v = back(rng.standard_normal((2, 16, 64)).astype(np.float32))
+    angle = rng.uniform(0, 3, 32).astype(np.float32)
+    cos, sin = np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
+    k2, v2 = k.copy(), v.copy()
+    shift_cache(k, v, 2, 5, 14, cos, sin, 64, True, 64)
+    shift_cache_reference(k2, v2, 2, 5, 14, cos, sin, 64, True, 64, to, back)
+    step = np.abs(to(k2[:, :9])).max() / 127
+    np.testing.assert_allclose(to(k[:, :9]), to(k2[:, :9]), atol=1.01 * step)
+    assert (to(k[:, 2:9]) != to(k[:, 7:14])).any()  # the moved keys did change
     np.testing.assert_array_equal(v[:, :9], v2[:, :9])
 
 

@@ -110,4 +110,6 @@ def test_sampled_generation_with_ngram_drafts_equals_plain_decode(models):
 
 def test_a_bad_draft_value_is_refused(smollm2_path):
     with pytest.raises(ValueError, match="draft must be"):
+        Engine.load(smollm2_path, n_ctx=64, draft=3)
+    with pytest.raises(ValueError, match="draft model 'lookahead': no such file, and not a catalog model"):
         Engine.load(smollm2_path, n_ctx=64, draft="lookahead")

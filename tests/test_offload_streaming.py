@@ -19,7 +19,7 @@ from lanternlm.offload.weight_stream import WeightStream
 from lanternlm.quant import quantize
 from lanternlm.runtime.backends import cpu_streaming
 from lanternlm.runtime.engine import Engine
-from test_runtime_engine import tiny_model
+from test_runtime_engine import HEAD_DIM, tiny_model
 from tiny_llama_gguf import write_tiny_model
 
 IDS = [3, 17, 42, 5, 9, 33, 60, 1, 2, 8, 11, 50]
@@ -138,10 +138,10 @@ def test_weight_stream_reports_a_file_that_shrank(data_file):
 
 # ---- bit-identical to the in-RAM engine ----------------------------------------------------------
 
-def write_mixed_model(path, arch, n_layer=None):
+def write_mixed_model(path, arch, n_layer=None, head_dim=HEAD_DIM):
     """A tiny model whose matrices cycle through several types (token_embd Q8_0); n_layer keeps
     only the first layers."""
-    kv, weights = tiny_model(arch)
+    kv, weights = tiny_model(arch, head_dim=head_dim)
     if n_layer is not None:
         kv[f"{arch}.block_count"] = n_layer
         weights = {n: w for n, w in weights.items() if not n.startswith("blk.") or int(n.split(".")[1]) < n_layer}
@@ -226,7 +226,7 @@ def test_a_model_larger_than_the_memory_available_gets_a_budget_and_a_notice(tmp
     want = every_output(Engine.load(path, n_ctx=32, n_batch=5, threads=1))
     size = os.path.getsize(path)
     probe = Engine.load(path, n_ctx=32, n_batch=5, threads=1)
-    kv = KVCache.nbytes_for(probe.cfg, 32, probe.kv.k[0].dtype)
+    kv = KVCache.nbytes_for(probe.cfg, 32, probe.kv.k_type, probe.kv.v_type)
     monkeypatch.setattr(cpu_streaming, "CHUNK_BYTES", 1)                 # small streaming buffers
     room = (kv + draft_buffer_bytes(probe.cfg.n_vocab)                    # 3/4 of the file fits
             + engine_module.AUTO_BUDGET_HEADROOM + size * 3 // 4)

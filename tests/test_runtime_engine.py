@@ -19,8 +19,9 @@ EPS = 1e-5
 WINDOW = 4  # gemma3: local layers see 4 keys; pattern 2 -> layers 0 and 2 local, 1 global
 
 
-def tiny_model(arch, seed=0):
-    """kv metadata and float32 weights (name -> array) of a random tiny model."""
+def tiny_model(arch, seed=0, head_dim=HEAD_DIM):
+    """kv metadata and float32 weights (name -> array) of a random tiny model (head_dim: the
+    heads' width, set in the metadata when not the default)."""
     rng = np.random.default_rng(seed)
 
     def w(*shape, scale=None):
@@ -34,12 +35,14 @@ def tiny_model(arch, seed=0):
         f"{arch}.rope.freq_base": 10000.0 if arch == "llama" else 1e6,
         "tokenizer.ggml.tokens": [f"<t{i}>" for i in range(N_VOCAB)],
     }
-    q, kvw = N_HEAD * HEAD_DIM, N_HEAD_KV * HEAD_DIM
+    q, kvw = N_HEAD * head_dim, N_HEAD_KV * head_dim
+    if head_dim != HEAD_DIM:
+        kv.update({f"{arch}.attention.key_length": head_dim, f"{arch}.attention.value_length": head_dim})
     weights = {"token_embd.weight": w(N_VOCAB, N_EMBD, scale=1.0), "output_norm.weight": 1 + w(N_EMBD, scale=0.1)}
     if arch != "gemma3":
         weights["output.weight"] = w(N_VOCAB, N_EMBD)
     else:
-        kv.update({"gemma3.attention.key_length": HEAD_DIM, "gemma3.attention.value_length": HEAD_DIM,
+        kv.update({"gemma3.attention.key_length": head_dim, "gemma3.attention.value_length": head_dim,
                    "gemma3.attention.sliding_window": WINDOW, "gemma3.attention.sliding_window_pattern": 2})
         weights["token_embd.weight"] *= 0.1
     for il in range(N_LAYER):
@@ -53,8 +56,8 @@ def tiny_model(arch, seed=0):
             weights.update({p + "attn_q.bias": w(q, scale=0.5), p + "attn_k.bias": w(kvw, scale=0.5),
                             p + "attn_v.bias": w(kvw, scale=0.5)})
         if arch == "gemma3":
-            weights.update({p + "attn_q_norm.weight": 1 + w(HEAD_DIM, scale=0.1),
-                            p + "attn_k_norm.weight": 1 + w(HEAD_DIM, scale=0.1),
+            weights.update({p + "attn_q_norm.weight": 1 + w(head_dim, scale=0.1),
+                            p + "attn_k_norm.weight": 1 + w(head_dim, scale=0.1),
                             p + "post_attention_norm.weight": 1 + w(N_EMBD, scale=0.1),
                             p + "post_ffw_norm.weight": 1 + w(N_EMBD, scale=0.1)})
     return kv, weights

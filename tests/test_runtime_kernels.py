@@ -10,6 +10,8 @@ from lanternlm.quant import QTYPES, quantize
 from lanternlm.runtime.backends import cpu_kernels as K
 from lanternlm.runtime.backends.cpu import _get_rows
 from lanternlm.runtime.backends.rope_table import rope_cos_sin
+from lanternlm.runtime.backends.kv_rows import hadamard, hadamard_reference
+from lanternlm.runtime.kv_cache import CACHE_TYPES, Q8_0_BLOCK, rotation_block
 
 rng = np.random.default_rng(1234)
 
@@ -139,13 +141,13 @@ def test_attention_gqa_causal_chunk_after_cache(window, driver):
     q = randn(t, n_head * dk)
     kc = np.zeros((n_head_kv, n_ctx, dk), np.float32)
     vc = np.zeros((n_head_kv, n_ctx, dv), np.float32)
-    K.kv_store(kc, vc, k_all[:n_past], v_all[:n_past], np.arange(n_past))
+    K.kv_store(kc, vc, k_all[:n_past], v_all[:n_past], np.arange(n_past), 0, 0)
     pos = np.arange(n_past, n_past + t)
-    K.kv_store(kc, vc, k_all[n_past:], v_all[n_past:], pos)
+    K.kv_store(kc, vc, k_all[n_past:], v_all[n_past:], pos, 0, 0)
     kc[:, n_past + t:] = 1e6  # stale entries past the sequence must never be read
     out = np.empty((t, n_head * dv), np.float32)
     fn = K.attention if driver == "serial" else K.attention_parallel
-    fn(out, q, kc, vc, pos, np.float32(0.25), window, K.attention_scratch(kc))
+    fn(out, q, kc, vc, pos, np.float32(0.25), window, K.attention_scratch(kc), 0, 0)
     want = attention_reference(q, k_all, v_all, pos, n_head, n_head_kv, 0.25, window)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
 
@@ -167,15 +169,15 @@ def test_attention_f16_cache_rounds_keys_values_and_query_like_llama_cpp(window,
     kc = np.zeros((n_head_kv, n_ctx, dk), np.uint16)
     vc = np.zeros((n_head_kv, n_ctx, dv), np.uint16)
     pos = np.arange(8, 12)
-    K.kv_store(kc, vc, k_all[:8], v_all[:8], np.arange(8))
-    K.kv_store(kc, vc, k_all[8:], v_all[8:], pos)
+    K.kv_store(kc, vc, k_all[:8], v_all[:8], np.arange(8), 0, 0)
+    K.kv_store(kc, vc, k_all[8:], v_all[8:], pos, 0, 0)
     kh = kc[:, :12].view(np.float16).astype(np.float32).transpose(1, 0, 2).reshape(12, -1)
     np.testing.assert_array_equal(kh, half(k_all))
     np.testing.assert_array_equal(vc[:, :12].transpose(1, 0, 2).reshape(12, -1),
                                   half(v_all).astype(np.float16).view(np.uint16))
     out = np.empty((4, n_head * dv), np.float32)
     fn = K.attention if driver == "serial" else K.attention_parallel
-    fn(out, q, kc, vc, pos, np.float32(0.25), window, K.attention_scratch(kc))
+    fn(out, q, kc, vc, pos, np.float32(0.25), window, K.attention_scratch(kc), 0, 0)
     want = attention_reference(half(q), half(k_all), half(v_all), pos, n_head, n_head_kv, 0.25, window)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
     # unrounded queries give a different answer: the rounding is really there
@@ -183,13 +185,92 @@ def test_attention_f16_cache_rounds_keys_values_and_query_like_llama_cpp(window,
     assert np.abs(want - exact).max() > 1e-4
 
 
+def blocks_as_rows(cache, rows):
+    """The first `rows` positions of a block-record cache as (rows, n_head_kv * width) f32,
+    dequantized by gguf-py, and their bytes as (rows * n_head_kv, row_bytes)."""
+    qtype = T.Q8_0 if cache.dtype == Q8_0_BLOCK else T.Q4_0
+    raw = np.ascontiguousarray(cache[:, :rows].transpose(1, 0, 2)).view(np.uint8).reshape(rows * cache.shape[0], -1)
+    return gguf.quants.dequantize(raw, qtype).reshape(rows, -1), raw
+
+
+def q8_0_query(x, width):
+    """llama.cpp's x86 quantize_row_q8_0, in numpy: per 32 values d = f16(amax / 127) and
+    codes rint(x * 127 / amax), read back as d * code (the operand a q8_0/q4_0 key meets)."""
+    blocks = x.reshape(-1, 32).astype(np.float32)
+    amax = np.abs(blocks).max(axis=1, keepdims=True)
+    codes = np.rint(blocks * np.where(amax > 0, np.float32(127) / np.maximum(amax, 1e-30), 0))
+    d = (amax / np.float32(127)).astype(np.float16).astype(np.float32)
+    return (codes * d).reshape(x.shape)
+
+
+def test_hadamard_matches_the_sylvester_matrix_and_undoes_itself():
+    x = randn(3 * 128)
+    for block in (64, 128):
+        y = x.copy()
+        hadamard(y, block)
+        np.testing.assert_allclose(y, hadamard_reference(x, block), rtol=1e-5, atol=1e-5)
+        hadamard(y, block)
+        np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-5)
+    y = x.copy()
+    hadamard(y, 0)
+    np.testing.assert_array_equal(y, x)
+
+
+@pytest.mark.parametrize("rotate", [False, True])
+@pytest.mark.parametrize("k_type, v_type", [("q8_0", "q8_0"), ("q4_0", "q4_0"), ("q8_0", "f16"), ("f16", "q4_0")])
+@pytest.mark.parametrize("driver", ["serial", "parallel"])
+def test_attention_on_a_quantized_cache_reads_gguf_py_blocks(k_type, v_type, driver, rotate):
+    """A q8_0 / q4_0 cache holds gguf-py's quantization of each head row (Hadamard-rotated as
+    llama.cpp does, when asked), byte for byte; the query meets quantized keys as a Q8_0 row
+    (llama.cpp converts it to the keys' vec_dot type), and rotated values are turned back."""
+    n_head, n_head_kv, dk, dv, n_ctx = 4, 2, 128, 64, 24
+    kt, vt = CACHE_TYPES[k_type], CACHE_TYPES[v_type]
+    k_rot = rotation_block(kt, dk, keys=True) if rotate else 0
+    v_rot = rotation_block(vt, dv, keys=False) if rotate else 0
+    k_all = randn(12, n_head_kv * dk, scale=3.0)
+    v_all = randn(12, n_head_kv * dv)
+    q = randn(4, n_head * dk, scale=3.0)
+    kc = np.zeros((n_head_kv, n_ctx, kt.elements(dk)), kt.dtype)
+    vc = np.zeros((n_head_kv, n_ctx, vt.elements(dv)), vt.dtype)
+    pos = np.arange(8, 12)
+    K.kv_store(kc, vc, k_all[:8], v_all[:8], np.arange(8), k_rot, v_rot)
+    K.kv_store(kc, vc, k_all[8:], v_all[8:], pos, k_rot, v_rot)
+
+    def stored(cache, values, name, block):
+        if name == "f16":
+            return half(values)
+        qtype = T.Q8_0 if name == "q8_0" else T.Q4_0
+        rotated = hadamard_reference(values, block).astype(np.float32) if block else values
+        got, raw = blocks_as_rows(cache, 12)
+        want_bytes = gguf.quants.quantize(rotated.reshape(12 * cache.shape[0], -1), qtype)
+        np.testing.assert_array_equal(raw, want_bytes)
+        np.testing.assert_array_equal(got, gguf.quants.dequantize(want_bytes, qtype).reshape(values.shape))
+        return got
+
+    k_held = stored(kc, k_all, k_type, k_rot)
+    v_held = stored(vc, v_all, v_type, v_rot)
+    q_rotated = hadamard_reference(q, k_rot).astype(np.float32) if k_rot else q
+    q_operand = q8_0_query(q_rotated, dk) if kt.block > 1 else half(q)
+    out = np.empty((4, n_head * dv), np.float32)
+    fn = K.attention if driver == "serial" else K.attention_parallel
+    fn(out, q, kc, vc, pos, np.float32(0.125), 0, K.attention_scratch(kc), k_rot, v_rot)
+    want = attention_reference(q_operand, k_held, v_held, pos, n_head, n_head_kv, 0.125, 0)
+    if v_rot:
+        want = hadamard_reference(want, v_rot)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    if kt.block > 1:  # the query's quantization is really there
+        plain = attention_reference(q_rotated, k_held, v_held, pos, n_head, n_head_kv, 0.125, 0)
+        plain = hadamard_reference(plain, v_rot) if v_rot else plain
+        assert np.abs(want - plain).max() > 1e-4
+
+
 def test_attention_single_key_returns_its_value():
     kc = np.zeros((1, 4, 3), np.float32)
     vc = np.zeros((1, 4, 2), np.float32)
     K.kv_store(kc, vc, np.array([[1.0, 2.0, 3.0]], np.float32), np.array([[5.0, -7.0]], np.float32),
-               np.array([0]))
+               np.array([0]), 0, 0)
     out = np.empty((1, 4), np.float32)
-    K.attention(out, randn(1, 6, scale=50.0), kc, vc, np.array([0]), np.float32(1.0), 0, K.attention_scratch(kc))
+    K.attention(out, randn(1, 6, scale=50.0), kc, vc, np.array([0]), np.float32(1.0), 0, K.attention_scratch(kc), 0, 0)
     np.testing.assert_array_equal(out, [[5.0, -7.0, 5.0, -7.0]])
 
 

@@ -16,7 +16,7 @@ from gguf import GGMLQuantizationType
 
 from ...quant import QTYPES
 from ..graph import Node, Op
-from ..kv_cache import KVCache
+from ..kv_cache import CacheType, KVCache, row_width
 from ..memory_limits import AvailableMemory, available_memory
 from . import activations as A
 from . import cpu_kernels as K
@@ -43,11 +43,11 @@ def _get_rows(table, ids, gathered, dequantize, out_flat, gathered_flat):
     dequantize(out_flat, gathered_flat)
 
 
-def _attention_one_query(out, q, k_cache, v_cache, pos, scale, window, scratch):
+def _attention_one_query(out, q, k_cache, v_cache, pos, scale, window, scratch, k_rot, v_rot):
     """Decode-time attention: serial while the context is short, parallel over heads after."""
     keys = pos[0] + 1 if window <= 0 else min(pos[0] + 1, window)
     fn = K.attention_parallel if keys >= ATTENTION_PARALLEL_MIN_KEYS else K.attention
-    fn(out, q, k_cache, v_cache, pos, scale, window, scratch)
+    fn(out, q, k_cache, v_cache, pos, scale, window, scratch, k_rot, v_rot)
 
 
 def quant_type(ref):
@@ -69,15 +69,11 @@ def row_shape(ref) -> tuple[int, int]:
 
 class CpuBackend:
     name = "cpu"
-    # KV cache element type per `kv_type`: "f16" keeps IEEE half bits (what llama.cpp's default
-    # f16 cache holds, and half the memory), "f32" full floats
-    KV_DTYPES = {"f16": np.uint16, "f32": np.float32}
 
-    @classmethod
-    def kv_dtype(cls, kv_type: str):
-        if kv_type not in cls.KV_DTYPES:
-            raise ValueError(f"unknown KV cache type {kv_type!r}; the cpu backend has {sorted(cls.KV_DTYPES)}")
-        return cls.KV_DTYPES[kv_type]
+    @staticmethod
+    def cache_storage(requested: CacheType) -> CacheType:
+        """The KV cache type kept for `requested`: here every type (kv_cache.CACHE_TYPES), as asked."""
+        return requested
 
     def __init__(self, tensors: Mapping, kv: KVCache):
         self.tensors = tensors
@@ -194,8 +190,8 @@ def layer_cache(kv: KVCache, params: Mapping):
     """(k, v) cache arrays of an ATTENTION node's layer, checked against the node's head shapes."""
     layer = params["layer"]
     kc, vc = kv.k[layer], kv.v[layer]
-    if kc.shape[0] != params["n_head_kv"] or kc.shape[2] != params["head_dim"] \
-            or vc.shape[2] != params["head_dim_v"]:
+    if kc.shape[0] != params["n_head_kv"] or row_width(kc) != params["head_dim"] \
+            or row_width(vc) != params["head_dim_v"]:
         raise BackendError(f"layer {layer}: KV cache {tuple(kc.shape)} does not fit the attention node")
     return kc, vc
 
@@ -205,8 +201,9 @@ def _bind_attention(be: CpuBackend, node, out, srcs, t):
     q, k, v, pos = srcs
     kc, vc = layer_cache(be.kv, p)
     attend = K.attention_parallel if t > 1 else _attention_one_query
-    return [(K.kv_store, (kc, vc, k, v, pos)),
-            (attend, (out, q, kc, vc, pos, np.float32(p["scale"]), p["window"], be.attention_scratch(kc)))]
+    rot = (be.kv.k_rotation, be.kv.v_rotation)
+    return [(K.kv_store, (kc, vc, k, v, pos, *rot)),
+            (attend, (out, q, kc, vc, pos, np.float32(p["scale"]), p["window"], be.attention_scratch(kc), *rot))]
 
 
 _BINDERS: dict[Op, Callable] = {

@@ -15,11 +15,11 @@ import math
 
 import numba
 import numpy as np
-from numba import njit, prange, types
-from numba.extending import overload
+from numba import njit, prange
 
+from ..kv_cache import row_width as row_width_of
 from .activations import exp_f32
-from .half import f32_to_half_bits, half_bits_to_f32
+from .kv_rows import add_row, dot_row, hadamard, put_row, query_operand, row_width
 
 # The running maximum starts from this instead of -inf so fastmath's no-infinities assumption holds.
 _NEG_BIG = np.float32(-3.0e38)
@@ -129,104 +129,73 @@ def last_row(out, x):
 
 
 # ---- KV cache and attention -----------------------------------------------------------------
-# The cache holds keys and values as IEEE half bits (uint16, llama.cpp's default f16 cache) or
-# as float32. The helpers below are resolved at compile time from the cache's dtype, so one
-# attention kernel serves both. With a half cache it follows llama.cpp's non-flash path where
-# that was measured to matter: keys and values rounded to f16 when stored, the query rounded to
-# f16 for the K.Q dots (ggml converts it to the cache's type), products summed in float32. The
-# softmax weights stay float32 for the V dots: rounding them to f16 as well (as ggml does) moved
-# SmolLM2's greedy agreement with llama.cpp from 127/128 down to 125/128, so it is left out.
-# With a float32 cache nothing is rounded.
-
-
-
-def kv_load(x):
-    """A cache element as float32 (Numba only)."""
-
-
-@overload(kv_load, inline="always")
-def _kv_load(x):
-    if x == types.uint16:
-        return lambda x: half_bits_to_f32(x)
-    return lambda x: np.float32(x)
-
-
-def kv_encode(cache, x):
-    """float32 `x` as an element of `cache`: half bits (round to nearest even) or itself."""
-
-
-@overload(kv_encode, inline="always")
-def _kv_encode(cache, x):
-    if cache.dtype == types.uint16:
-        return lambda cache, x: np.uint16(f32_to_half_bits(x))
-    return lambda cache, x: np.float32(x)
-
-
-def kv_operand(cache, x):
-    """float32 `x` rounded to the precision of `cache`'s elements, as float32: the query as the
-    other operand of a dot with the keys (ggml converts it to the cache's type first)."""
-
-
-@overload(kv_operand, inline="always")
-def _kv_operand(cache, x):
-    if cache.dtype == types.uint16:
-        return lambda cache, x: half_bits_to_f32(np.uint16(f32_to_half_bits(x)))
-    return lambda cache, x: np.float32(x)
+# The cache's rows are written and read by backends/kv_rows.py, resolved at compile time from
+# the cache's type (f32, f16, q8_0, q4_0), so one attention kernel serves them all. With a half
+# cache it follows llama.cpp's non-flash path where that was measured to matter: keys and values
+# rounded to f16 when stored, the query rounded to f16 for the K.Q dots (ggml converts it to the
+# cache's type), products summed in float32. The softmax weights stay float32 for the V dots:
+# rounding them to f16 as well (as ggml does) moved SmolLM2's greedy agreement with llama.cpp
+# from 127/128 down to 125/128, so it is left out. With a float32 cache nothing is rounded.
 
 
 @njit(cache=True)
-def kv_store(k_cache, v_cache, k, v, pos):
-    """Write each token's keys and values at its position, in the cache's element type.
+def kv_store(k_cache, v_cache, k, v, pos, k_rot, v_rot):
+    """Write each token's keys and values at its position, in the cache's type, each head row
+    rotated first in blocks of k_rot / v_rot values (kv_rows.hadamard; 0: not rotated).
 
-    k_cache: u16 (half bits) or f32 (n_head_kv, n_ctx, head_dim); v_cache: same dtype
-    (n_head_kv, n_ctx, head_dim_v); k: f32 (T, n_head_kv * head_dim);
-    v: f32 (T, n_head_kv * head_dim_v); pos: int64 (T,).
+    k_cache: (n_head_kv, n_ctx, row) of any cache type; v_cache: (n_head_kv, n_ctx, row_v);
+    k: f32 (T, n_head_kv * head_dim); v: f32 (T, n_head_kv * head_dim_v); pos: int64 (T,).
     """
-    dk = k_cache.shape[2]
-    dv = v_cache.shape[2]
+    dk = row_width(k_cache)
+    dv = row_width(v_cache)
+    codes = np.empty(32, dtype=np.int64)
+    row = np.empty(max(dk, dv), dtype=np.float32)
     for t in range(k.shape[0]):
         p = pos[t]
         for h in range(k_cache.shape[0]):
-            for d in range(dk):
-                k_cache[h, p, d] = kv_encode(k_cache, k[t, h * dk + d])
-            for d in range(dv):
-                v_cache[h, p, d] = kv_encode(v_cache, v[t, h * dv + d])
+            row[:dk] = k[t, h * dk:(h + 1) * dk]
+            hadamard(row[:dk], k_rot)
+            put_row(k_cache[h, p], row[:dk], codes)
+            row[:dv] = v[t, h * dv:(h + 1) * dv]
+            hadamard(row[:dv], v_rot)
+            put_row(v_cache[h, p], row[:dv], codes)
 
 
 def attention_scratch(k_cache, threads: int = 0) -> np.ndarray:
-    """The work rows `attention` needs: f32 (threads, head_dim + n_ctx), one per Numba thread
-    (all of them by default), each holding one query head and its scores while in use."""
+    """The work rows `attention` needs: f32 (threads, head_dim + head_dim / 32 + n_ctx), one
+    per Numba thread (all of them by default), each holding one query head (and its block
+    scales) and its scores while in use."""
     rows = threads or numba.config.NUMBA_NUM_THREADS
-    return np.empty((rows, k_cache.shape[2] + k_cache.shape[1]), dtype=np.float32)
+    width = row_width_of(k_cache)
+    return np.empty((rows, width + width // 32 + k_cache.shape[1]), dtype=np.float32)
 
 
 @njit(cache=True, fastmath=_FAST)
-def _attend(out, q, k_cache, v_cache, work, t, h, p, scale, window):
+def _attend(out, q, k_cache, v_cache, work, t, h, p, scale, window, k_rot, v_rot):
     """out[t, head h] = sum over visible keys j of softmax_j(q . k_j * scale) * v_j.
 
-    Visible: j <= p (causal) and p - j < window when window > 0. work: f32 (head_dim + n_ctx,),
-    this thread's row of the scratch: the query head in the cache's precision, then the scores.
+    Visible: j <= p (causal) and p - j < window when window > 0. work: f32, this thread's row
+    of the scratch: the query head as the keys meet it (rotated like them, then
+    kv_rows.query_operand), then the scores. A rotated value cache's output is rotated back.
     The softmax is taken over the stored scores (max, exp, sum in float64, scale by 1/sum) as
     ggml's soft_max does.
     """
-    dk = k_cache.shape[2]
-    dv = v_cache.shape[2]
+    dk = row_width(k_cache)
+    dv = row_width(v_cache)
     kvh = h // (q.shape[1] // dk // k_cache.shape[0])  # GQA: consecutive query heads share a KV head
     lo = 0 if window <= 0 else max(0, p - window + 1)
     n = p + 1 - lo
     qh = work[:dk]
-    scores = work[dk:dk + n]
-    for d in range(dk):
-        qh[d] = kv_operand(k_cache, q[t, h * dk + d])
+    qd = work[dk:dk + dk // 32]
+    scores = work[dk + dk // 32:dk + dk // 32 + n]
+    qh[:] = q[t, h * dk:(h + 1) * dk]
+    hadamard(qh, k_rot)
+    query_operand(k_cache, qh, qh, qd)
     keys = k_cache[kvh]
     values = v_cache[kvh]
     m = _NEG_BIG
     for i in range(n):
-        kj = keys[lo + i]
-        s = np.float32(0.0)
-        for d in range(dk):
-            s += qh[d] * kv_load(kj[d])
-        s *= scale
+        s = dot_row(qh, qd, keys[lo + i]) * scale
         scores[i] = s
         if s > m:
             m = s
@@ -239,34 +208,33 @@ def _attend(out, q, k_cache, v_cache, work, t, h, p, scale, window):
     acc = out[t, h * dv:(h + 1) * dv]
     acc[:] = 0.0
     for i in range(n):
-        w = scores[i] * inv
-        vj = values[lo + i]
-        for d in range(dv):
-            acc[d] += w * kv_load(vj[d])
+        add_row(acc, scores[i] * inv, values[lo + i])
+    hadamard(acc, v_rot)
 
 
 @njit(cache=True)
-def attention(out, q, k_cache, v_cache, pos, scale, window, scratch):
+def attention(out, q, k_cache, v_cache, pos, scale, window, scratch, k_rot, v_rot):
     """Causal multi-head attention of T queries over the cache (serial driver).
 
     out: f32 (T, n_head * head_dim_v); q: f32 (T, n_head * head_dim);
-    k_cache, v_cache: u16 half bits or f32 (n_head_kv, n_ctx, head_dim[_v]), already holding
-    these tokens' keys; pos: int64 (T,) query positions; scale: f32; window: int (0 = unlimited);
-    scratch: f32 (threads, head_dim + n_ctx) from `attention_scratch` (row 0 is used).
+    k_cache, v_cache: (n_head_kv, n_ctx, row) of any cache type, already holding these tokens'
+    keys; pos: int64 (T,) query positions; scale: f32; window: int (0 = unlimited);
+    scratch: from `attention_scratch` (row 0 is used); k_rot, v_rot: the cache's rotation
+    blocks (kv_cache.rotation_block; 0: none).
     """
-    n_head = q.shape[1] // k_cache.shape[2]
+    n_head = q.shape[1] // row_width(k_cache)
     s32 = np.float32(scale)
     for t in range(q.shape[0]):
         for h in range(n_head):
-            _attend(out, q, k_cache, v_cache, scratch[0], t, h, pos[t], s32, window)
+            _attend(out, q, k_cache, v_cache, scratch[0], t, h, pos[t], s32, window, k_rot, v_rot)
 
 
 @njit(cache=True, parallel=True)
-def attention_parallel(out, q, k_cache, v_cache, pos, scale, window, scratch):
+def attention_parallel(out, q, k_cache, v_cache, pos, scale, window, scratch, k_rot, v_rot):
     """As `attention`, one (token, head) pair per parallel task, each thread on its scratch row."""
-    n_head = q.shape[1] // k_cache.shape[2]
+    n_head = q.shape[1] // row_width(k_cache)
     s32 = np.float32(scale)
     for item in prange(q.shape[0] * n_head):
         t = item // n_head
         _attend(out, q, k_cache, v_cache, scratch[numba.get_thread_id()], t, item - t * n_head,
-                pos[t], s32, window)
+                pos[t], s32, window, k_rot, v_rot)

@@ -43,7 +43,7 @@ from gguf import GGMLQuantizationType
 
 from ...quant import QTYPES
 from ..graph import Node, Op
-from ..kv_cache import KVCache
+from ..kv_cache import CACHE_TYPES, CacheType, KVCache
 from ..memory_limits import AvailableMemory, available_memory
 from .cpu import BackendError, layer_cache
 from .rope_table import rope_cos_sin
@@ -205,6 +205,15 @@ class TorchBackend:
         # id(host view) -> its Input, while a program's calls hold the Input (which holds the
         # view, so the id stays unique); then the entry goes with the program
         self._inputs: weakref.WeakValueDictionary[int, Input] = weakref.WeakValueDictionary()
+
+    @staticmethod
+    def cache_storage(requested: CacheType) -> CacheType:
+        """The KV cache type kept for `requested`: float32 tensors on the device for f32 and f16
+        (the default's name; attention runs on float tensors), none for the quantized types."""
+        if requested.block > 1:
+            raise BackendError(f"the torch backend keeps its KV cache in float tensors; a {requested.name} "
+                               f"cache (--cache-type-k/-v) needs the cpu backend")
+        return CACHE_TYPES["f32"]
 
     # ---- memory ----------------------------------------------------------------------------
     @classmethod
