@@ -4,8 +4,8 @@
 
 For each model (default: the three catalog models) the f16 cache (llama.cpp's default) is the
 base: `lantern perplexity` scores ../shared/reference/mlsys_essay.txt in chunks of --ctx tokens and
-saves its log-probabilities, then the same chunks are scored with q8_0 and q4_0 caches (keys
-and values) against them (`--kl-divergence`). Printed per cache type: the cache's bytes per
+saves its log-probabilities, then the same chunks are scored with q8_0, q8_0 keys with q4_0
+values, and q4_0 caches against them (`--kl-divergence`). Printed per cache type: the cache's bytes per
 token, its size at the model's full trained context, perplexity and its ratio to the base, mean
 KL divergence, how often the top token is the base's, and decode speed at --ctx tokens of
 context (greedy, after a prompt of --ctx - 64 tokens; measured in the same process).
@@ -26,18 +26,18 @@ from lanternlm.runtime.kv_cache import CACHE_TYPES, KVCache
 
 TEXT = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mlsys_essay.txt"
 MODELS = ["smollm2-135m-instruct", "gemma3-270m", "qwen2.5-coder-0.5b-instruct"]
-TYPES = ["f16", "q8_0", "q4_0"]
+TYPES = [("f16", "f16"), ("q8_0", "q8_0"), ("q8_0", "q4_0"), ("q4_0", "q4_0")]   # (keys, values)
 
 
-def perplexity(model: str, kind: str, args, *extra: str) -> dict:
+def perplexity(model: str, kinds: tuple[str, str], args, *extra: str) -> dict:
     cmd = [sys.executable, "-m", "lanternlm.cli", "perplexity", model, str(TEXT), "--json", "--ctx", str(args.ctx),
-           "--chunks", str(args.chunks), "-t", str(args.threads), "-ctk", kind, "-ctv", kind, *extra]
+           "--chunks", str(args.chunks), "-t", str(args.threads), "-ctk", kinds[0], "-ctv", kinds[1], *extra]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def decode_tok_s(path, kind: str, args) -> float:
-    eng = Engine.load(path, n_ctx=args.ctx, threads=args.threads, cache_type_k=kind, cache_type_v=kind)
+def decode_tok_s(path, kinds: tuple[str, str], args) -> float:
+    eng = Engine.load(path, n_ctx=args.ctx, threads=args.threads, cache_type_k=kinds[0], cache_type_v=kinds[1])
     logits = eng.eval(list(range(10, 10 + args.ctx - 64)))
     start = time.perf_counter()
     for _ in range(48):
@@ -52,25 +52,24 @@ def main() -> int:
     p.add_argument("--ctx", type=int, default=512)
     p.add_argument("-t", "--threads", type=int, default=2)
     args = p.parse_args()
-    print("| model | cache | bytes/token | at full context | perplexity | ratio | KL divergence | same top | decode tok/s |")
+    print("| model | cache (K / V) | bytes/token | at full context | perplexity | ratio | KL divergence | same top | decode tok/s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for model in args.models:
         path = resolve(model)
         cfg = Engine.load(path, n_ctx=16, threads=1).cfg
         with tempfile.TemporaryDirectory() as tmp:
             base_file = str(Path(tmp) / "base.npy")
-            for kind in TYPES:
-                t = CACHE_TYPES[kind]
-                per_token = KVCache.nbytes_for(cfg, 1, t, t)
-                if kind == "f16":
-                    r = perplexity(model, kind, args, "--save-logits", base_file)
+            for kinds in TYPES:
+                per_token = KVCache.nbytes_for(cfg, 1, CACHE_TYPES[kinds[0]], CACHE_TYPES[kinds[1]])
+                if kinds == TYPES[0]:
+                    r = perplexity(model, kinds, args, "--save-logits", base_file)
                     r.update(kl_mean=0.0, same_top_percent=100.0, ppl_ratio=1.0)
                 else:
-                    r = perplexity(model, kind, args, "--kl-divergence", base_file)
+                    r = perplexity(model, kinds, args, "--kl-divergence", base_file)
                 full = per_token * cfg.n_ctx_train / 2**20
-                print(f"| {model} | {kind} | {per_token} | {full:,.0f} MiB ({cfg.n_ctx_train} tokens) | "
+                print(f"| {model} | {' / '.join(kinds)} | {per_token} | {full:,.0f} MiB ({cfg.n_ctx_train} tokens) | "
                       f"{r['ppl']:.4f} | {r['ppl_ratio']:.4f} | {r['kl_mean']:.5f} | {r['same_top_percent']:.1f}% | "
-                      f"{decode_tok_s(path, kind, args):.1f} |", flush=True)
+                      f"{decode_tok_s(path, kinds, args):.1f} |", flush=True)
     return 0
 
 

@@ -162,12 +162,17 @@ def kv_store(k_cache, v_cache, k, v, pos, k_rot, v_rot):
 
 
 def attention_scratch(k_cache, threads: int = 0) -> np.ndarray:
-    """The work rows `attention` needs: f32 (threads, head_dim + head_dim / 32 + n_ctx), one
-    per Numba thread (all of them by default), each holding one query head (and its block
-    scales) and its scores while in use."""
+    """The work rows `attention` needs, one per Numba thread (all of them by default), each
+    holding one query head as the keys meet it and its scores while in use:
+    f32 (threads, _work_size(head_dim) + n_ctx)."""
     rows = threads or numba.config.NUMBA_NUM_THREADS
-    width = row_width_of(k_cache)
-    return np.empty((rows, width + width // 32 + k_cache.shape[1]), dtype=np.float32)
+    return np.empty((rows, _work_size(row_width_of(k_cache)) + k_cache.shape[1]), dtype=np.float32)
+
+
+@njit(cache=True)
+def _work_size(dk):
+    """float32 words before the scores in a work row: qh (dk), qd (dk / 32), qi (dk bytes)."""
+    return dk + dk // 32 + (dk + 3) // 4
 
 
 @njit(cache=True, fastmath=_FAST)
@@ -187,15 +192,17 @@ def _attend(out, q, k_cache, v_cache, work, t, h, p, scale, window, k_rot, v_rot
     n = p + 1 - lo
     qh = work[:dk]
     qd = work[dk:dk + dk // 32]
-    scores = work[dk + dk // 32:dk + dk // 32 + n]
+    at = dk + dk // 32
+    qi = work[at:at + (dk + 3) // 4].view(np.int8)[:dk]
+    scores = work[_work_size(dk):_work_size(dk) + n]
     qh[:] = q[t, h * dk:(h + 1) * dk]
     hadamard(qh, k_rot)
-    query_operand(k_cache, qh, qh, qd)
+    query_operand(k_cache, qh, qh, qd, qi)
     keys = k_cache[kvh]
     values = v_cache[kvh]
     m = _NEG_BIG
     for i in range(n):
-        s = dot_row(qh, qd, keys[lo + i]) * scale
+        s = dot_row(qh, qd, qi, keys[lo + i]) * scale
         scores[i] = s
         if s > m:
             m = s

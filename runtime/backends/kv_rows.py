@@ -10,15 +10,16 @@ resolved at compile time from the cache array's dtype, so one attention kernel s
 The query meets the keys as ggml's dot products meet them (the keys' `vec_dot_type`): rounded
 to f16 for an f16 cache, quantized to Q8_0 for a q8_0 or q4_0 cache (llama.cpp's x86
 quantize_row_q8_0, legacy_int8.quantize_q8_0_parts), so a key dot is an integer dot per block
-times the two scales, summed in float32; nothing is rounded for an f32 cache. Values are read
-as float32 (a quantized block as d * q, as ggml's dequantize_row) and weighted in float32.
+(int32, exact) times the two scales, summed in float32; nothing is rounded for an f32 cache.
+Values are weighted in float32 (a quantized block's weight times its scale, then times each
+code: ggml's dequantize_row gives d * q first, so the last bits may differ).
 
 A quantized cache's rows may be rotated (kv_cache.rotation_block): `hadamard` applies the
 orthonormal Walsh-Hadamard transform to a float row, in place, block by block.
 
 A row is a 1-D view of the cache: head_dim elements, or head_dim / 32 records. The query
-operand is `qh` f32 (head_dim,), plus its Q8_0 block scales `qd` f32 (head_dim / 32,) for the
-quantized types (unused otherwise).
+operand is `qh` f32 (head_dim,) for the element types, and for the quantized ones its Q8_0
+codes `qi` i8 (head_dim,) and block scales `qd` f32 (head_dim / 32,).
 """
 from __future__ import annotations
 
@@ -150,16 +151,26 @@ def _put_row(row, x, codes):
     return put
 
 
-def _code(qs, j):
-    """Value j of a block record's codes, its integer as float32 (q4_0: less its offset 8)."""
+def _low(qs, j):
+    """Value j < 16 of a block record's codes, as int32 (q4_0: less its offset 8)."""
 
 
-@overload(_code, inline="always")
-def _code_impl(qs, j):
+def _high(qs, j):
+    """Value j + 16 of a block record's codes (j < 16), as int32."""
+
+
+@overload(_low, inline="always")
+def _low_impl(qs, j):
     if qs.dtype == types.int8:
-        return lambda qs, j: np.float32(qs[j])
-    # q4_0: value j < 16 is the low nibble of byte j, value j >= 16 the high nibble of byte j - 16
-    return lambda qs, j: np.float32(((np.int32(qs[j & 15]) >> (4 * (j >> 4))) & 0xF) - 8)
+        return lambda qs, j: np.int32(qs[j])
+    return lambda qs, j: (np.int32(qs[j]) & 0xF) - 8      # q4_0: the low nibbles hold 0..15
+
+
+@overload(_high, inline="always")
+def _high_impl(qs, j):
+    if qs.dtype == types.int8:
+        return lambda qs, j: np.int32(qs[j + 16])
+    return lambda qs, j: (np.int32(qs[j]) >> 4) - 8       # q4_0: the high nibbles hold 16..31
 
 
 def get_row(out, row):
@@ -173,8 +184,9 @@ def _get_row(out, row):
             for b in range(row.shape[0]):
                 d = half_bits_to_f32(row[b].d)
                 qs = row[b].qs
-                for j in range(BLOCK):
-                    out[b * BLOCK + j] = d * _code(qs, j)
+                for j in range(BLOCK // 2):
+                    out[b * BLOCK + j] = d * np.float32(_low(qs, j))
+                    out[b * BLOCK + BLOCK // 2 + j] = d * np.float32(_high(qs, j))
         return get
 
     def get(out, row):
@@ -183,41 +195,41 @@ def _get_row(out, row):
     return get
 
 
-def query_operand(cache, x, qh, qd):
-    """The query head x f32 (width,) as the keys of `cache` meet it: qh (and qd), see above."""
+def query_operand(cache, x, qh, qd, qi):
+    """The query head x f32 (width,) as the keys of `cache` meet it: qh, or qd and qi (above)."""
 
 
 @overload(query_operand, inline="always")
-def _query_operand(cache, x, qh, qd):
+def _query_operand(cache, x, qh, qd, qi):
     if _block_kind(cache.dtype):
-        return lambda cache, x, qh, qd: quantize_q8_0_parts(qd, qh, x)
+        return lambda cache, x, qh, qd, qi: quantize_q8_0_parts(qd, qi, x)
 
-    def operand(cache, x, qh, qd):
+    def operand(cache, x, qh, qd, qi):
         for d in range(x.shape[0]):
             qh[d] = _kv_operand(cache, x[d])
     return operand
 
 
-def dot_row(qh, qd, row):
-    """The query operand (qh, qd) . the key in `row`, float32."""
+def dot_row(qh, qd, qi, row):
+    """The query operand (qh, or qd and qi) . the key in `row`, float32."""
 
 
 @overload(dot_row, inline="always")
-def _dot_row(qh, qd, row):
+def _dot_row(qh, qd, qi, row):
     if _block_kind(row.dtype):
-        def dot(qh, qd, row):
+        def dot(qh, qd, qi, row):
             s = np.float32(0.0)
             for b in range(row.shape[0]):
                 qs = row[b].qs
                 o = b * BLOCK
-                acc = np.float32(0.0)  # a sum of integer products, exact in float32 (< 2**24)
-                for j in range(BLOCK):
-                    acc += qh[o + j] * _code(qs, j)
-                s += (half_bits_to_f32(row[b].d) * qd[b]) * acc
+                acc = np.int32(0)
+                for j in range(BLOCK // 2):
+                    acc += np.int32(qi[o + j]) * _low(qs, j) + np.int32(qi[o + BLOCK // 2 + j]) * _high(qs, j)
+                s += (half_bits_to_f32(row[b].d) * qd[b]) * np.float32(acc)
             return s
         return dot
 
-    def dot(qh, qd, row):
+    def dot(qh, qd, qi, row):
         s = np.float32(0.0)
         for d in range(row.shape[0]):
             s += qh[d] * kv_load(row[d])
@@ -226,7 +238,7 @@ def _dot_row(qh, qd, row):
 
 
 def add_row(acc, w, row):
-    """acc f32 (width,) += w * the values in `row`."""
+    """acc f32 (width,) += w * the values in `row` (a block's scale folded into w first)."""
 
 
 @overload(add_row, inline="always")
@@ -234,10 +246,12 @@ def _add_row(acc, w, row):
     if _block_kind(row.dtype):
         def add(acc, w, row):
             for b in range(row.shape[0]):
-                d = half_bits_to_f32(row[b].d)
+                wd = w * half_bits_to_f32(row[b].d)
                 qs = row[b].qs
-                for j in range(BLOCK):
-                    acc[b * BLOCK + j] += w * (d * _code(qs, j))
+                o = b * BLOCK
+                for j in range(BLOCK // 2):
+                    acc[o + j] += wd * np.float32(_low(qs, j))
+                    acc[o + BLOCK // 2 + j] += wd * np.float32(_high(qs, j))
         return add
 
     def add(acc, w, row):
