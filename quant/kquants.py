@@ -332,13 +332,13 @@ def quantize_q8_k(x: np.ndarray) -> np.ndarray:
 from .registry import QuantType, register  # noqa: E402
 from . import kquants_dot as _float_dot, kquants_int8 as _int8  # noqa: E402
 
-for _t, _deq, _mv, _mm in (
-    (T.Q2_K, dequantize_q2_k, _int8.matvec_int8_q2_k, _int8.matmul_int8_q2_k),
-    (T.Q3_K, dequantize_q3_k, _int8.matvec_int8_q3_k, _int8.matmul_int8_q3_k),
-    (T.Q4_K, dequantize_q4_k, _int8.matvec_int8_q4_k, _int8.matmul_int8_q4_k),
-    (T.Q5_K, dequantize_q5_k, _int8.matvec_int8_q5_k, _int8.matmul_int8_q5_k),
-    (T.Q6_K, dequantize_q6_k, _int8.matvec_int8_q6_k, _int8.matmul_int8_q6_k),
+for _t, _deq, _mv, _mm, _rows in (
+    (T.Q2_K, dequantize_q2_k, _int8.matvec_int8_q2_k, _int8.matmul_int8_q2_k, _int8.matmul_rows_int8_q2_k),
+    (T.Q3_K, dequantize_q3_k, _int8.matvec_int8_q3_k, _int8.matmul_int8_q3_k, _int8.matmul_rows_int8_q3_k),
+    (T.Q4_K, dequantize_q4_k, _int8.matvec_int8_q4_k, _int8.matmul_int8_q4_k, _int8.matmul_rows_int8_q4_k),
+    (T.Q5_K, dequantize_q5_k, _int8.matvec_int8_q5_k, _int8.matmul_int8_q5_k, _int8.matmul_rows_int8_q5_k),
+    (T.Q6_K, dequantize_q6_k, _int8.matvec_int8_q6_k, _int8.matmul_int8_q6_k, _int8.matmul_rows_int8_q6_k),
 ):
-    register(QuantType(_t, dequantize=_deq, matvec=_mv, matmul=_mm, quantize=None))
+    register(QuantType(_t, dequantize=_deq, matvec=_mv, matmul=_mm, quantize=None, matmul_rows=_rows))
 register(QuantType(T.Q8_K, dequantize=dequantize_q8_k, matvec=_float_dot.matvec_q8_k,
                    matmul=_float_dot.matmul_q8_k, quantize=quantize_q8_k))

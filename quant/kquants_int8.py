@@ -385,6 +385,33 @@ def matvec_int8_rows(out, w, x, qtype):
     row_dots(out, w, x, literally(qtype))
 
 
+@njit(inline="always")
+def rows_for_each_token(out, w, x, qtype):
+    """out f32[t, rows] <- x f32[t, n] @ w.T, every row bit-identical to the matvec on its
+    token: each token quantized to Q8_K as the matvec does, and each weight row dotted with
+    every token in turn by the matvec's own row_dot (the row stays in L1 between tokens, so it
+    is read from memory once; the register tiles of the prefill matmul sum in another order)."""
+    nbytes = block_bytes(qtype)
+    t, n = x.shape
+    check_dot_shapes(out.shape[1], w, n, nbytes)
+    if out.shape[0] != t:
+        raise ValueError("K-quant matmul: output rows do not match the activation rows")
+    xd = np.empty((t, n // QK_K), np.float32)
+    xq = np.empty((t, n), np.int8)
+    bsums = np.empty((t, n // 16), np.int16)
+    for k in range(t):
+        quantize_q8_k_parts(xd[k], xq[k], bsums[k], x[k])
+    for r in prange(w.shape[0]):
+        for k in range(t):
+            out[k, r] = row_dot(w[r], xq[k], bsums[k], xd[k], qtype)
+
+
+@njit(cache=True, parallel=True)
+def matmul_rows_int8(out, w, x, qtype):
+    """rows_for_each_token for literal type `qtype` (QuantType.matmul_rows)."""
+    rows_for_each_token(out, w, x, literally(qtype))
+
+
 # One entry point per type (Numba caches module-level functions only).
 
 @njit(cache=True)
@@ -417,7 +444,34 @@ def matvec_int8_q6_k(out, w, x):
     matvec_int8_rows(out, w, x, Q6_K)
 
 
+# Row-exact matmuls (QuantType.matmul_rows), one per type:
+@njit(cache=True)
+def matmul_rows_int8_q2_k(out, w, x):
+    matmul_rows_int8(out, w, x, Q2_K)
+
+
+@njit(cache=True)
+def matmul_rows_int8_q3_k(out, w, x):
+    matmul_rows_int8(out, w, x, Q3_K)
+
+
+@njit(cache=True)
+def matmul_rows_int8_q4_k(out, w, x):
+    matmul_rows_int8(out, w, x, Q4_K)
+
+
+@njit(cache=True)
+def matmul_rows_int8_q5_k(out, w, x):
+    matmul_rows_int8(out, w, x, Q5_K)
+
+
+@njit(cache=True)
+def matmul_rows_int8_q6_k(out, w, x):
+    matmul_rows_int8(out, w, x, Q6_K)
+
+
 # The prefill kernels (register tiles over several weight and activation rows) live in
 # kquants_tiles.py, which builds on this module's decoders; imported last for that reason.
 from .kquants_tiles import (matmul_int8_q2_k, matmul_int8_q3_k, matmul_int8_q4_k,  # noqa: E402,F401
                             matmul_int8_q5_k, matmul_int8_q6_k)
+

@@ -32,6 +32,10 @@ class QuantType:
     # kernels share the per-block arithmetic; the K- and IQ-quant tiles sum in another order).
     # tests/test_quant_batch_invariance.py checks every registered type against its flag.
     batch_invariant: bool = False
+    # Where matmul is not batch-invariant: a matmul whose row for token i is bit-identical to
+    # matvec on token i, faster than a matvec per token (each weight row read once); for exact
+    # multi-token verification (runtime/backends/cpu.py). The same test checks it.
+    matmul_rows: Optional[Callable] = None
 
     @property
     def block_size(self) -> int:

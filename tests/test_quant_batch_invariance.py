@@ -34,4 +34,9 @@ def test_batch_invariant_flag_matches_the_kernels(qtype):
         for i in range(t):
             q.matvec(single[i], w, x[i])
         same &= np.array_equal(batched, single)
+        if q.matmul_rows is not None:          # the row-exact matmul is exact where matmul is not
+            exact = np.zeros((t, rows), np.float32)
+            q.matmul_rows(exact, w, x)
+            np.testing.assert_array_equal(exact, single)
     assert same == q.batch_invariant
+    assert q.batch_invariant or q.matmul_rows is not None or not qtype.name.endswith("_K")

@@ -152,11 +152,11 @@ class StreamingCpuBackend(CpuBackend):
             (stream, item), shape = self.stream_item(name, r0), (r1 - r0, row_bytes)
             if x.shape[0] == 1:
                 calls.append((_streamed_matvec, (stream, item, qt.matvec, out[0, r0:r1], x[0], shape)))
-            elif row_exact and not qt.batch_invariant:
+            elif row_exact and not qt.batch_invariant and qt.matmul_rows is None:
                 calls.append((streamed_matvecs, (stream, item, qt.matvec, out[:, r0:r1], x, shape)))
-            else:
-                calls.append((_streamed_matmul, (stream, item, qt.matmul, out[:, r0:r1], x, shape,
-                                                 self._scratch)))
+            else:   # row-exact where asked: the batch-invariant matmul, or the type's matmul_rows
+                kernel = qt.matmul_rows if row_exact and not qt.batch_invariant else qt.matmul
+                calls.append((_streamed_matmul, (stream, item, kernel, out[:, r0:r1], x, shape, self._scratch)))
         return calls
 
     def _bind_gathered_rows(self, name, out, ids, t):
