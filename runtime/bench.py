@@ -406,14 +406,28 @@ def draft_report(draft, before: dict, n_gen: int) -> dict:
 
 def speculation_report(runner: LanternRunner, greedy_prompt: Sequence[int], n_gen: int) -> dict:
     """draft_report over one more greedy run of n_gen tokens (an engine with draft='ngram' or a
-    draft model)."""
-    draft = runner.engine.draft
-    steps = runner.greedy_tokens(greedy_prompt, n_gen + 1)
-    next(steps)
+    draft model), with its speed and the speed of the same run without drafts (the speedup)."""
+    engine = runner.engine
+    draft = engine.draft
     before = draft.counts()
+    seconds = _greedy_seconds(runner, greedy_prompt, n_gen)
+    report = draft_report(draft, before, n_gen)
+    engine.draft = None
+    try:
+        plain = _greedy_seconds(runner, greedy_prompt, n_gen)
+    finally:
+        engine.draft = draft
+    return {**report, "tok_s": n_gen / seconds, "plain_tok_s": n_gen / plain, "speedup": plain / seconds}
+
+
+def _greedy_seconds(runner: LanternRunner, prompt: Sequence[int], n_gen: int) -> float:
+    """Seconds of n_gen greedy decode steps after the prompt's prefill and first token."""
+    steps = runner.greedy_tokens(prompt, n_gen + 1)
+    next(steps)
+    start = time.perf_counter()
     for _ in steps:
         pass
-    return draft_report(draft, before, n_gen)
+    return time.perf_counter() - start
 
 
 __all__ = ["Runner", "Throughput", "time_prefill", "time_decode", "time_greedy", "bench_ids", "measure", "Memory",

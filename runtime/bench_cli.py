@@ -104,8 +104,8 @@ def format_threads_used(used: dict[str, dict[int, int]]) -> str:
 
 def greedy_decode(args) -> bool:
     """Whether tg is greedy generation after the prose prompt (runtime.bench): under a RAM
-    budget, or with speculative decoding (--spec)."""
-    return args.ram_budget is not None or getattr(args, "spec", None) is not None
+    budget, or with speculative decoding (--spec, --draft)."""
+    return args.ram_budget is not None or isinstance(draft_option(args), str)
 
 
 def format_offload(name: str, off: dict) -> str:
@@ -125,10 +125,15 @@ def format_draft(d: dict) -> str:
     """What drafting did (runtime.bench.draft_report), as part of a line."""
     kept = "-" if d["acceptance"] is None else f"{d['acceptance']:.0%}"
     per_pass = "-" if d["tokens_per_pass"] is None else f"{d['tokens_per_pass']:.2f}"
-    source = f"{d['head_rows']} head rows" if d["kind"] == "resident" else "prompt lookup"
+    source = {"resident": f"{d['head_rows']} head rows", "ngram": "prompt lookup", "model": "a draft model"}[d["kind"]]
     unit = "read of the head" if d["kind"] == "resident" else "verification or plain step"
-    return (f"; drafts from {source}: {d['rounds']} rounds, {d['plain_steps']} plain steps, "
-            f"{kept} of drafted tokens kept, {per_pass} tokens per {unit}")
+    mean = "-" if d["mean_kept_per_round"] is None else f"{d['mean_kept_per_round']:.2f}"
+    line = (f"; drafts from {source}: {d['rounds']} rounds, {d['plain_steps']} plain steps, "
+            f"{kept} of drafted tokens kept (acceptance), {mean} kept per round (mean accepted length), "
+            f"{per_pass} tokens per {unit}")
+    if "speedup" in d:
+        line += f"; {d['tok_s']:.1f} tok/s against {d['plain_tok_s']:.1f} without drafts: {d['speedup']:.2f}x"
+    return line
 
 
 def format_summary(results: list[tuple[str, BenchResult]], ratio: dict | None) -> str:

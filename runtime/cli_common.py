@@ -105,6 +105,8 @@ def add_runtime_args(p: argparse.ArgumentParser, ctx: int | None, ctx_help: str 
                         "followed the same tokens earlier in the prompt and reply (prompt lookup: faster "
                         "where the reply repeats its prompt, editing code or text); 'draft:PATH' drafts "
                         "with a smaller model of the same vocabulary (a GGUF path or catalog name)")
+    g.add_argument("--draft", "-md", dest="draft_model", default=None, metavar="MODEL",
+                   help="the same as --spec draft:MODEL (llama.cpp's --model-draft)")
 
 
 def _spec(value: str) -> str:
@@ -202,10 +204,15 @@ def describe_settings(options: dict) -> str:
 def draft_option(args: argparse.Namespace) -> bool | str:
     """--spec / --no-draft as Engine's draft: "ngram", "draft:PATH", or True/False for the
     budget's draft."""
-    if getattr(args, "spec", None) is not None:
+    spec = getattr(args, "spec", None)
+    if getattr(args, "draft_model", None) is not None:
+        if spec is not None:
+            raise ValueError("--draft and --spec both choose the drafts: give one")
+        spec = "draft:" + args.draft_model
+    if spec is not None:
         if not args.draft:
             raise ValueError("--spec and --no-draft contradict each other")
-        return args.spec
+        return spec
     return args.draft
 
 

@@ -269,3 +269,16 @@ def test_default_threads_are_lantern_s_own_choice(smollm2_path, monkeypatch, cap
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| ") and "lantern cpu" in line]
     assert [r[4].strip() for r in rows] == ["auto", "auto"]
     assert "threads chosen per phase, prefill" in out
+
+
+def test_spec_reports_acceptance_mean_accepted_length_and_speedup(smollm2_path, capsys):
+    """`--spec ngram`: tg is greedy after a prose prompt, and the report says what the drafts
+    did and how fast the same run is without them."""
+    rc = cli.main(["bench", str(smollm2_path), "-p", "16", "-n", "24", "-r", "1", "-t", "1", "--spec", "ngram",
+                   "--json"])
+    report = json.loads(capsys.readouterr().out)
+    d = report["draft"]
+    assert rc == 0 and d["kind"] == "ngram"
+    assert 0 <= d["kept"] <= d["drafted"] and d["rounds"] + d["plain_steps"] > 0
+    assert d["speedup"] == pytest.approx(d["tok_s"] / d["plain_tok_s"]) and d["plain_tok_s"] > 0
+    assert (d["acceptance"] is None) == (d["drafted"] == 0)

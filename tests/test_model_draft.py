@@ -118,3 +118,21 @@ def test_a_draft_model_of_another_vocabulary_is_refused(paths, smollm2_path):
     target, _ = paths
     with pytest.raises(IncompatibleDraftError, match="cannot draft for this model"):
         Engine.load(target, n_ctx=32, threads=1, draft=str(smollm2_path))
+
+
+def test_cli_takes_a_draft_model(paths, smollm2_path, capsys):
+    """`--spec draft:PATH` and its spelling `--draft PATH` give plain decode's text; a draft of
+    another vocabulary is one clear line."""
+    from lanternlm import cli
+
+    args = ["run", str(smollm2_path), "The capital of France is", "-n", "6", "--temp", "0", "-q", "-t", "1"]
+    assert cli.main(args) == 0
+    want = capsys.readouterr().out
+    for extra in (["--spec", f"draft:{smollm2_path}"], ["--draft", str(smollm2_path)]):
+        assert cli.main(args + extra) == 0
+        assert capsys.readouterr().out == want
+    assert cli.main(args + ["--draft", str(paths[0])]) != 0
+    assert "cannot draft for this model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(args + ["--spec", "lookahead"])
+    assert "expected 'ngram' or 'draft:PATH'" in capsys.readouterr().err
