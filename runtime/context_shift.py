@@ -30,6 +30,7 @@ class KeyRope:
     base: float
     freq_scale: float
     neox: bool
+    freq_factors: str | None = None   # the weight of per-pair frequency divisors, if any
 
 
 def key_ropes(graph: Graph) -> dict[int, KeyRope]:
@@ -43,7 +44,8 @@ def key_ropes(graph: Graph) -> dict[int, KeyRope]:
         source = made_by.get(node.srcs[1].name)
         if source is not None and source.op is Op.ROPE:
             p = source.params
-            ropes[node.params["layer"]] = KeyRope(p["n_rot"], p["base"], p["freq_scale"], p["neox"])
+            ropes[node.params["layer"]] = KeyRope(p["n_rot"], p["base"], p["freq_scale"], p["neox"],
+                                                  p["freq_factors"])
     return ropes
 
 

@@ -200,10 +200,18 @@ class Graph:
         return self._node(Op.RMS_NORM, name or self._stem(weight), x.width, (x,), (weight,), eps=float(eps))
 
     def rope(self, x: Tensor, *, head_dim: int, n_rot: int, base: float, freq_scale: float,
-             neox: bool, name: str | None = None) -> Tensor:
+             neox: bool, freq_factors: str | None = None, name: str | None = None) -> Tensor:
+        """Rotary embedding; freq_factors names a weight of n_rot / 2 divisors of the pairs'
+        frequencies (Llama 3's rope_freqs.weight), as ggml's rope_ext takes them."""
         self._check(x.width % head_dim == 0, f"rope head_dim {head_dim} does not divide {x}")
-        return self._node(Op.ROPE, name or f"{x.name}.rope", x.width, (x, self.pos), head_dim=head_dim,
-                          n_rot=n_rot, base=float(base), freq_scale=float(freq_scale), neox=bool(neox))
+        if freq_factors is not None:
+            shape = self._weight(freq_factors)
+            self._check(shape is None or shape == (n_rot // 2,),
+                        f"{freq_factors} {shape} is not one factor per rotated pair ({n_rot // 2})")
+        return self._node(Op.ROPE, name or f"{x.name}.rope", x.width, (x, self.pos),
+                          () if freq_factors is None else (freq_factors,), head_dim=head_dim,
+                          n_rot=n_rot, base=float(base), freq_scale=float(freq_scale), neox=bool(neox),
+                          freq_factors=freq_factors)
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, *, layer: int, n_head: int, n_head_kv: int,
                   head_dim: int, head_dim_v: int, scale: float, window: int, name: str) -> Tensor:

@@ -213,6 +213,29 @@ def test_llama3_rope_factors_match_transformers(tmp_path):
     assert "llama.rope.scaling.type" not in f.kv
 
 
+@pytest.mark.parametrize("factor", [8.0, 32.0])
+def test_llama3_rope_scaling_matches_transformers_beyond_the_original_context(tmp_path, factor):
+    """A Llama 3.1-style checkpoint (rope type llama3, rope_freqs.weight in the file) runs, and
+    its logits match transformers' at every position of a text four times longer than the
+    original context the scaling stretches (16 tokens here), where the scaled frequencies rule."""
+    from lanternlm.runtime.engine import Engine
+
+    rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": factor, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+    ckpt = build_checkpoint("llama", tmp_path / "hf", rope_parameters=rope, max_position_embeddings=256)
+    path = convert_hf_to_gguf(ckpt.path, tmp_path / "m.gguf", outtype="f32").path
+    ids = ckpt.tokenizer.encode(" ".join(CORPUS))[:64]
+    assert len(ids) == 64
+    engine = Engine.load(path, n_ctx=128, kv_type="f32")
+    ref = hf_logits(ckpt, ids)
+    assert ref.std() > 0.5
+    np.testing.assert_array_less(np.abs(engine.logits(ids) - ref).max(), 1e-3)
+    # without the factors the far positions are wrong: the test can fail
+    plain = build_checkpoint("llama", tmp_path / "plain", rope_parameters={"rope_type": "default",
+                                                                          "rope_theta": 10000.0})
+    assert np.abs(hf_logits(plain, ids)[-16:] - ref[-16:]).max() > 1e-2
+
+
 def test_embedding_rows_beyond_the_vocabulary_are_dropped(converted, tmp_path):
     # Gemma checkpoints carry embedding rows past the tokenizer's ids; the file keeps vocab_size rows
     ckpt, f, _ = converted("qwen2")

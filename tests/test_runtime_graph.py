@@ -151,11 +151,14 @@ def test_missing_tensors_are_all_listed():
     assert "blk.1.ffn_up.weight" in str(err.value)
 
 
-def test_unsupported_rope_factors_are_refused():
+def test_rope_factors_reach_every_rope_and_must_fit_the_rotated_pairs():
     cfg = ModelConfig.from_kv(llama_kv())
-    shapes = {**llama_shapes(cfg), "rope_freqs.weight": (cfg.head_dim // 2,)}
+    g = build(cfg, {**llama_shapes(cfg), "rope_freqs.weight": (cfg.n_rot // 2,)})
+    ropes = [n for n in g.nodes if n.op is Op.ROPE]
+    assert ropes and all(n.params["freq_factors"] == "rope_freqs.weight" for n in ropes)
+    assert all(n.weights == ("rope_freqs.weight",) for n in ropes)
     with pytest.raises(GraphError, match="rope_freqs.weight"):
-        build(cfg, shapes)
+        build(cfg, {**llama_shapes(cfg), "rope_freqs.weight": (cfg.n_rot,)})
 
 
 def test_shape_mismatch_names_the_tensor():

@@ -108,6 +108,17 @@ def test_rope_table_linear_scale_and_ggml_float32_angles():
         rope_cos_sin(8, 7, 1e4)
 
 
+def test_rope_table_frequency_factors_divide_each_pairs_angle():
+    """ggml's rope_ext with frequency factors (Llama 3): pair i turns at theta_i / factor_i."""
+    factors = np.linspace(1.0, 8.0, 32).astype(np.float32)
+    cos, sin = rope_cos_sin(512, 64, 5e5, freq_factors=factors)
+    angle = np.arange(512)[:, None] * 5e5 ** (-2.0 * np.arange(32) / 64) / factors
+    np.testing.assert_allclose(cos, np.cos(angle), atol=2e-4)
+    np.testing.assert_allclose(sin, np.sin(angle), atol=2e-4)
+    plain, _ = rope_cos_sin(512, 64, 5e5)
+    assert np.abs(plain - cos).max() > 0.5
+
+
 # ---- attention ------------------------------------------------------------------------------
 
 def attention_reference(q, k_all, v_all, pos, n_head, n_head_kv, scale, window):

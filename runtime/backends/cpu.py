@@ -125,10 +125,12 @@ class CpuBackend:
             self._vectors[name] = v
         return v
 
-    def rope_table(self, n_rot: int, base: float, freq_scale: float):
-        key = (n_rot, base, freq_scale)
+    def rope_table(self, n_rot: int, base: float, freq_scale: float, freq_factors: str | None = None):
+        """cos, sin tables of a rope (freq_factors: the name of its per-pair divisors, if any)."""
+        key = (n_rot, base, freq_scale, freq_factors)
         if key not in self._rope:
-            self._rope[key] = rope_cos_sin(self.kv.n_ctx, n_rot, base, freq_scale)
+            factors = None if freq_factors is None else self.vector(freq_factors)
+            self._rope[key] = rope_cos_sin(self.kv.n_ctx, n_rot, base, freq_scale, factors)
         return self._rope[key]
 
     def attention_scratch(self, k_cache: np.ndarray) -> np.ndarray:
@@ -183,7 +185,7 @@ def _bind_mul_mat_rows(be: CpuBackend, node, out, srcs):
 
 def _bind_rope(be: CpuBackend, node, out, srcs, t):
     p = node.params
-    cos, sin = be.rope_table(p["n_rot"], p["base"], p["freq_scale"])
+    cos, sin = be.rope_table(p["n_rot"], p["base"], p["freq_scale"], p["freq_factors"])
     x, pos = srcs
     return [(K.rope, (out, x, pos, cos, sin, p["head_dim"], p["n_rot"], p["neox"]))]
 

@@ -294,10 +294,12 @@ class TorchBackend:
             v = self._vectors[name] = self._dequantize(raw, qtype, n).reshape(-1)
         return v
 
-    def rope_table(self, n_rot: int, base: float, freq_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (n_rot, base, freq_scale)
+    def rope_table(self, n_rot: int, base: float, freq_scale: float,
+                   freq_factors: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (n_rot, base, freq_scale, freq_factors)
         if key not in self._rope:
-            cos, sin = rope_cos_sin(self.kv.n_ctx, n_rot, base, freq_scale)
+            factors = None if freq_factors is None else self.vector(freq_factors).float().cpu().numpy()
+            cos, sin = rope_cos_sin(self.kv.n_ctx, n_rot, base, freq_scale, factors)
             self._rope[key] = (torch.from_numpy(cos).to(self.device), torch.from_numpy(sin).to(self.device))
         return self._rope[key]
 
@@ -432,7 +434,7 @@ def _last_row(out, x):
 
 def _bind_rope(be: TorchBackend, node, out, srcs, t):
     p = node.params
-    cos, sin = be.rope_table(p["n_rot"], p["base"], p["freq_scale"])
+    cos, sin = be.rope_table(p["n_rot"], p["base"], p["freq_scale"], p["freq_factors"])
     x, pos = srcs
     n_rot, half = p["n_rot"], p["n_rot"] // 2
     first, second = (slice(0, half), slice(half, n_rot)) if p["neox"] else (slice(0, n_rot, 2), slice(1, n_rot, 2))

@@ -7,10 +7,11 @@ def output_weight(g) -> str:
     return "output.weight" if g.has_weight("output.weight") else "token_embd.weight"
 
 
-def rope(g, cfg, x, il: int):
-    """Rotate queries or keys of layer `il` with that layer's base and scale."""
+def rope(g, cfg, x, il: int, freq_factors: str | None = None):
+    """Rotate queries or keys of layer `il` with that layer's base and scale (and per-pair
+    frequency divisors, a weight's name)."""
     return g.rope(x, head_dim=cfg.head_dim, n_rot=cfg.n_rot, base=cfg.layer_rope_base(il),
-                  freq_scale=cfg.layer_rope_freq_scale(il), neox=cfg.rope_neox)
+                  freq_scale=cfg.layer_rope_freq_scale(il), neox=cfg.rope_neox, freq_factors=freq_factors)
 
 
 def attention(g, cfg, q, k, v, il: int):

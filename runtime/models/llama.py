@@ -6,7 +6,7 @@ rows of Q and K to undo Hugging Face's rotate-half layout.
 """
 from __future__ import annotations
 
-from ..graph import GraphError, Op
+from ..graph import Op
 from .common import attention, lm_head, rope
 
 
@@ -15,8 +15,8 @@ def hparams(kv, fields: dict) -> dict:
 
 
 def build(g, cfg) -> None:
-    if g.has_weight("rope_freqs.weight"):  # Llama 3.1+ per-frequency rope factors
-        raise GraphError(f"{cfg.arch}: rope frequency factors (rope_freqs.weight) are not supported")
+    # Llama 3.1+ (rope type "llama3"): the converter stores the per-frequency divisors
+    factors = "rope_freqs.weight" if g.has_weight("rope_freqs.weight") else None
     x = g.get_rows("token_embd.weight", name="inp_embd")            # (T, n_embd)
     for il in range(cfg.n_layer):
         p = f"blk.{il}."
@@ -28,8 +28,8 @@ def build(g, cfg) -> None:
             q = g.add_bias(q, p + "attn_q.bias")
             k = g.add_bias(k, p + "attn_k.bias")
             v = g.add_bias(v, p + "attn_v.bias")
-        q = rope(g, cfg, q, il)
-        k = rope(g, cfg, k, il)
+        q = rope(g, cfg, q, il, factors)
+        k = rope(g, cfg, k, il, factors)
         a = attention(g, cfg, q, k, v, il)                          # (T, n_head * head_dim_v)
         a = g.mul_mat(p + "attn_output.weight", a)                  # (T, n_embd)
         if il == cfg.n_layer - 1:  # past attention, only the rows whose logits are wanted matter
