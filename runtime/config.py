@@ -42,6 +42,7 @@ class ModelConfig:
     attn_scale: float = 0.0         # softmax scale of q.k; 0 -> 1 / sqrt(head_dim)
     embd_scale: float = 1.0         # token embeddings are multiplied by this
     attn_qkv_bias: bool = False     # q/k/v projections carry bias tensors
+    attn_qk_norm: bool = False      # each query and key head is RMS-normed before the rope (qwen3)
     pooling_type: int = -1          # <arch>.pooling_type, llama.cpp's enum llama_pooling_type
                                     # (0 none, 1 mean, 2 cls, 3 last, 4 rank); -1: the file has none
     # derived in __post_init__

@@ -24,6 +24,7 @@ from lanternlm.formats.gguf import read_gguf  # noqa: E402
 CASES = {
     "llama": ("llama", {}),                                            # untied, Llama 3 BPE
     "qwen2": ("qwen2", {"extra_vocab": 7, "max_shard_size": "40KB"}),  # biases, shards, padding
+    "qwen3": ("qwen3", {}),                                            # q/k head norms, tied head
     "gemma3": ("gemma3", {"dtype": torch.bfloat16}),                   # bf16 weights, SentencePiece
     "llama-smollm": ("llama", {"tokenizer": "smollm"}),                # SmolLM's pre-tokenizer
 }
@@ -54,7 +55,7 @@ def converted(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("case", ["llama", "qwen2", "gemma3"])
+@pytest.mark.parametrize("case", ["llama", "qwen2", "qwen3", "gemma3"])
 def test_logits_match_transformers(converted, case):
     from lanternlm.runtime.engine import Engine
 
@@ -71,6 +72,9 @@ def test_logits_match_transformers(converted, case):
         assert ours.shape == ref.shape
         assert ref.std() > 0.5  # the random model's logits spread: the comparison can fail
         np.testing.assert_array_less(np.abs(ours - ref).max(), 1e-3)
+        engine.reset()           # decode: one token at a time through the KV cache
+        decoded = np.stack([engine.eval([t]).copy() for t in ids])
+        np.testing.assert_array_less(np.abs(decoded - ref).max(), 1e-3)
 
 
 @pytest.mark.parametrize("add_special", [True, False])
@@ -230,6 +234,9 @@ def test_llama3_rope_scaling_matches_transformers_beyond_the_original_context(tm
     ref = hf_logits(ckpt, ids)
     assert ref.std() > 0.5
     np.testing.assert_array_less(np.abs(engine.logits(ids) - ref).max(), 1e-3)
+    engine.reset()
+    decoded = np.stack([engine.eval([t]).copy() for t in ids])
+    np.testing.assert_array_less(np.abs(decoded - ref).max(), 1e-3)
     # without the factors the far positions are wrong: the test can fail
     plain = build_checkpoint("llama", tmp_path / "plain", rope_parameters={"rope_type": "default",
                                                                           "rope_theta": 10000.0})

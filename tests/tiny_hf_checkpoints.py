@@ -162,6 +162,12 @@ def _qwen2_config(vocab_size: int, **overrides):
     return Qwen2Config(vocab_size=vocab_size, tie_word_embeddings=True, **{**SMALL, **overrides})
 
 
+def _qwen3_config(vocab_size: int, **overrides):
+    from transformers import Qwen3Config
+
+    return Qwen3Config(vocab_size=vocab_size, tie_word_embeddings=True, head_dim=16, **{**SMALL, **overrides})
+
+
 def _gemma3_config(vocab_size: int, **overrides):
     from transformers import Gemma3TextConfig
 
@@ -172,15 +178,17 @@ def _gemma3_config(vocab_size: int, **overrides):
 
 
 def _model_class(family: str):
-    from transformers import Gemma3ForCausalLM, LlamaForCausalLM, Qwen2ForCausalLM
+    from transformers import Gemma3ForCausalLM, LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
 
-    return {"llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM, "gemma3": Gemma3ForCausalLM}[family]
+    return {"llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM, "qwen3": Qwen3ForCausalLM,
+            "gemma3": Gemma3ForCausalLM}[family]
 
 
 # family -> (config builder, default tokenizer, norm weight centre: gemma stores w with (1 + w))
 FAMILIES = {
     "llama": (_llama_config, "llama3", 1.0),
     "qwen2": (_qwen2_config, "qwen2", 1.0),
+    "qwen3": (_qwen3_config, "qwen2", 1.0),
     "gemma3": (_gemma3_config, "spm", 0.0),
 }
 

@@ -8,7 +8,7 @@
 
 `ARCHITECTURES` maps a GGUF `general.architecture` to the module implementing its forward and
 the config overrides that distinguish it (as mlx-lm's aliases do): qwen2 is llama with q/k/v
-biases and NEOX-ordered rope.
+biases and NEOX-ordered rope, qwen3 llama with NEOX rope and q/k heads RMS-normed.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ class Architecture:
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": Architecture(llama),
     "qwen2": Architecture(llama, MappingProxyType({"rope_neox": True, "attn_qkv_bias": True})),
+    "qwen3": Architecture(llama, MappingProxyType({"rope_neox": True, "attn_qk_norm": True})),
     "gemma3": Architecture(gemma3),
 }
 

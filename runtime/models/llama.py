@@ -1,7 +1,7 @@
 """Llama: pre-norm decoder with RMSNorm, rotary attention (GQA) and a SwiGLU feed-forward.
 
-Also serves qwen2 (see models.ARCHITECTURES): the same forward with q/k/v biases and
-NEOX-ordered rope. Llama GGUFs use adjacent-pair rope because the converter permuted the
+Also serves qwen2 and qwen3 (see models.ARCHITECTURES): the same forward with q/k/v biases
+(qwen2) or each q/k head RMS-normed before the rope (qwen3), and NEOX-ordered rope. Llama GGUFs use adjacent-pair rope because the converter permuted the
 rows of Q and K to undo Hugging Face's rotate-half layout.
 """
 from __future__ import annotations
@@ -28,6 +28,9 @@ def build(g, cfg) -> None:
             q = g.add_bias(q, p + "attn_q.bias")
             k = g.add_bias(k, p + "attn_k.bias")
             v = g.add_bias(v, p + "attn_v.bias")
+        if cfg.attn_qk_norm:
+            q = g.rms_norm(q, p + "attn_q_norm.weight", cfg.rms_eps)   # per head (head_dim wide)
+            k = g.rms_norm(k, p + "attn_k_norm.weight", cfg.rms_eps)
         q = rope(g, cfg, q, il, factors)
         k = rope(g, cfg, k, il, factors)
         a = attention(g, cfg, q, k, v, il)                          # (T, n_head * head_dim_v)
