@@ -37,6 +37,7 @@ class ModelConfig:
     rope_freq_scale: float = 1.0    # linear position scaling (1 / rope.scaling.factor)
     rope_neox: bool = False         # True: rotate (x[i], x[i + n_rot/2]); False: (x[2i], x[2i+1])
     rope_base_swa: float = 10000.0  # rope base of sliding-window layers
+    rope_freq_scale_swa: float = 1.0  # and their position scaling (gemma3: none, local layers never see far)
     sliding_window: int = 0         # keys a sliding-window layer sees, itself included; 0: none
     swa_layers: tuple[bool, ...] = ()  # per layer: uses the sliding window; () -> none do
     attn_scale: float = 0.0         # softmax scale of q.k; 0 -> 1 / sqrt(head_dim)
@@ -94,8 +95,7 @@ class ModelConfig:
         return self.rope_base_swa if self.swa_layers[il] else self.rope_base
 
     def layer_rope_freq_scale(self, il: int) -> float:
-        # position scaling stretches the global layers only; local layers never see far positions
-        return 1.0 if self.swa_layers[il] else self.rope_freq_scale
+        return self.rope_freq_scale_swa if self.swa_layers[il] else self.rope_freq_scale
 
     @classmethod
     def from_kv(cls, kv: Mapping[str, Any]) -> ModelConfig:

@@ -25,6 +25,7 @@ CASES = {
     "llama": ("llama", {}),                                            # untied, Llama 3 BPE
     "qwen2": ("qwen2", {"extra_vocab": 7, "max_shard_size": "40KB"}),  # biases, shards, padding
     "qwen3": ("qwen3", {}),                                            # q/k head norms, tied head
+    "mistral": ("mistral", {}),                                        # a sliding window of 8 keys
     "gemma3": ("gemma3", {"dtype": torch.bfloat16}),                   # bf16 weights, SentencePiece
     "llama-smollm": ("llama", {"tokenizer": "smollm"}),                # SmolLM's pre-tokenizer
 }
@@ -55,7 +56,7 @@ def converted(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("case", ["llama", "qwen2", "qwen3", "gemma3"])
+@pytest.mark.parametrize("case", ["llama", "qwen2", "qwen3", "mistral", "gemma3"])
 def test_logits_match_transformers(converted, case):
     from lanternlm.runtime.engine import Engine
 
@@ -241,6 +242,17 @@ def test_llama3_rope_scaling_matches_transformers_beyond_the_original_context(tm
     plain = build_checkpoint("llama", tmp_path / "plain", rope_parameters={"rope_type": "default",
                                                                           "rope_theta": 10000.0})
     assert np.abs(hf_logits(plain, ids)[-16:] - ref[-16:]).max() > 1e-2
+
+
+def test_mistral_is_a_llama_file_with_a_sliding_window(converted, tmp_path):
+    """llama.cpp writes Mistral as llama; the window (8 keys here) is what makes its logits match
+    transformers (test_logits_match_transformers): without it they differ by several logits."""
+    ckpt, f, path = converted("mistral")
+    assert f.kv["general.architecture"] == "llama" and f.kv["llama.attention.sliding_window"] == 8
+    ids = ckpt.tokenizer.encode(LOGIT_TEXTS[1])
+    assert len(ids) > 16
+    unwindowed = build_checkpoint("mistral", tmp_path / "hf", sliding_window=None)
+    assert np.abs(hf_logits(unwindowed, ids) - hf_logits(ckpt, ids)).max() > 1.0
 
 
 def test_embedding_rows_beyond_the_vocabulary_are_dropped(converted, tmp_path):

@@ -162,6 +162,13 @@ def _qwen2_config(vocab_size: int, **overrides):
     return Qwen2Config(vocab_size=vocab_size, tie_word_embeddings=True, **{**SMALL, **overrides})
 
 
+def _mistral_config(vocab_size: int, **overrides):
+    from transformers import MistralConfig
+
+    return MistralConfig(vocab_size=vocab_size, tie_word_embeddings=False, bos_token_id=None, eos_token_id=None,
+                         head_dim=16, **{**SMALL, "sliding_window": 8, **overrides})
+
+
 def _qwen3_config(vocab_size: int, **overrides):
     from transformers import Qwen3Config
 
@@ -178,10 +185,11 @@ def _gemma3_config(vocab_size: int, **overrides):
 
 
 def _model_class(family: str):
-    from transformers import Gemma3ForCausalLM, LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
+    from transformers import (Gemma3ForCausalLM, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
+                              Qwen3ForCausalLM)
 
-    return {"llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM, "qwen3": Qwen3ForCausalLM,
-            "gemma3": Gemma3ForCausalLM}[family]
+    return {"llama": LlamaForCausalLM, "mistral": MistralForCausalLM, "qwen2": Qwen2ForCausalLM,
+            "qwen3": Qwen3ForCausalLM, "gemma3": Gemma3ForCausalLM}[family]
 
 
 # family -> (config builder, default tokenizer, norm weight centre: gemma stores w with (1 + w))
@@ -189,6 +197,7 @@ FAMILIES = {
     "llama": (_llama_config, "llama3", 1.0),
     "qwen2": (_qwen2_config, "qwen2", 1.0),
     "qwen3": (_qwen3_config, "qwen2", 1.0),
+    "mistral": (_mistral_config, "llama3", 1.0),
     "gemma3": (_gemma3_config, "spm", 0.0),
 }
 

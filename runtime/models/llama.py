@@ -11,7 +11,13 @@ from .common import attention, lm_head, rope
 
 
 def hparams(kv, fields: dict) -> dict:
-    return {}
+    """A sliding window over the keys in every layer where the file sets one (Mistral), with
+    the model's one rope."""
+    window = kv.int("attention.sliding_window", 0)
+    if window <= 0:
+        return {}
+    return {"sliding_window": window, "swa_layers": (True,) * fields["n_layer"],
+            "rope_base_swa": fields["rope_base"], "rope_freq_scale_swa": fields["rope_freq_scale"]}
 
 
 def build(g, cfg) -> None:
