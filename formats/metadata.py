@@ -182,6 +182,7 @@ ARCH_RULES: dict[str, Any] = {
     "rope.scaling.type": Str(),
     "rope.scaling.factor": Float(0.0, FLOAT32_MAX),
     "final_logit_softcapping": Float(0.0, FLOAT32_MAX),
+    "attn_logit_softcapping": Float(0.0, FLOAT32_MAX),
     "vocab_size": WIDTH,
     "expert_count": Int(0, MAX_WIDTH),
     "pooling_type": Int(0, 4),          # llama.cpp's enum llama_pooling_type: none, mean, cls, last, rank

@@ -44,6 +44,8 @@ class ModelConfig:
     embd_scale: float = 1.0         # token embeddings are multiplied by this
     attn_qkv_bias: bool = False     # q/k/v projections carry bias tensors
     attn_qk_norm: bool = False      # each query and key head is RMS-normed before the rope (qwen3)
+    attn_logit_softcap: float = 0.0  # attention scores soft-capped: c * tanh(s / c) (gemma2); 0: none
+    final_logit_softcap: float = 0.0  # the same for the output logits
     pooling_type: int = -1          # <arch>.pooling_type, llama.cpp's enum llama_pooling_type
                                     # (0 none, 1 mean, 2 cls, 3 last, 4 rank); -1: the file has none
     # derived in __post_init__
@@ -71,6 +73,9 @@ class ModelConfig:
                               f"head_dim {self.head_dim}")
         if self.n_head % self.n_head_kv:
             raise ConfigError(f"{self.arch}: n_head {self.n_head} is not a multiple of n_head_kv {self.n_head_kv}")
+        for name in ("attn_logit_softcap", "final_logit_softcap"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{self.arch}: {name} must not be negative, got {getattr(self, name)}")
         if not self.swa_layers:
             derive("swa_layers", (False,) * self.n_layer)
         if len(self.swa_layers) != self.n_layer:
@@ -153,9 +158,8 @@ def generic_fields(kv: Mapping[str, Any], arch: str) -> dict:
         rope_base=k.float("rope.freq_base", 10000.0),
         rope_freq_scale=_rope_freq_scale(k),
         pooling_type=k.int("pooling_type", -1),
+        final_logit_softcap=k.float("final_logit_softcapping", 0.0),
     )
-    if k.float("final_logit_softcapping", 0.0):
-        raise ConfigError(f"{arch}.final_logit_softcapping: final logit soft-capping is not supported")
     return fields
 
 

@@ -24,12 +24,14 @@ class Op(enum.Enum):
     ADD = "add"              # srcs: (a, b) same shape                    -> a + b
     ADD_BIAS = "add_bias"    # weights: (bias (n,),); srcs: (x (T, n),)   -> x + bias on every row
     SCALE = "scale"          # srcs: (x,); params: s                      -> x * s
+    SOFTCAP = "softcap"      # srcs: (x,); params: cap                    -> cap * tanh(x / cap)
     RMS_NORM = "rms_norm"    # weights: (w (g,),); srcs: (x,); params: eps -> each g-wide group of a
                              #   row divided by its root mean square, then times w
     ROPE = "rope"            # srcs: (x, pos); params: head_dim, n_rot, base, freq_scale, neox
     ATTENTION = "attention"  # srcs: (q, k, v, pos); params: layer, n_head, n_head_kv, head_dim,
-                             #   head_dim_v, scale, window. Appends k, v to the layer's KV cache at
-                             #   `pos`, then causal softmax(q.k * scale) @ v over the cache.
+                             #   head_dim_v, scale, window, softcap. Appends k, v to the layer's KV
+                             #   cache at `pos`, then causal softmax(c(q.k * scale)) @ v over the
+                             #   cache, c(s) = softcap * tanh(s / softcap) (c(s) = s if softcap is 0).
     SWIGLU = "swiglu"        # srcs: (gate, up)                           -> silu(gate) * up
     GEGLU = "geglu"          # srcs: (gate, up)                           -> gelu_tanh(gate) * up
     LAST_ROW = "last_row"    # srcs: (x (T, n),)                          -> x[T-1:T]
@@ -37,7 +39,7 @@ class Op(enum.Enum):
 
 # Ops whose output may overwrite their first source in place (every backend kernel for them
 # must be alias-safe): the planner reuses the source's buffer when this op is its last reader.
-INPLACE_OPS = frozenset({Op.ADD, Op.ADD_BIAS, Op.SCALE, Op.RMS_NORM, Op.ROPE, Op.SWIGLU, Op.GEGLU})
+INPLACE_OPS = frozenset({Op.ADD, Op.ADD_BIAS, Op.SCALE, Op.SOFTCAP, Op.RMS_NORM, Op.ROPE, Op.SWIGLU, Op.GEGLU})
 
 
 class Kind(enum.Enum):
@@ -190,6 +192,11 @@ class Graph:
     def scale(self, x: Tensor, s: float, name: str) -> Tensor:
         return self._node(Op.SCALE, name, x.width, (x,), s=float(s))
 
+    def softcap(self, x: Tensor, cap: float, name: str) -> Tensor:
+        """cap * tanh(x / cap): soft-capped logits (Gemma 2)."""
+        self._check(cap > 0, f"a soft cap must be positive, got {cap}")
+        return self._node(Op.SOFTCAP, name, x.width, (x,), cap=float(cap))
+
     def rms_norm(self, x: Tensor, weight: str, eps: float, name: str | None = None) -> Tensor:
         """Normalize each `len(weight)`-wide group of x's rows: a whole row (`attn_norm`) or one
         attention head (`attn_q_norm`)."""
@@ -214,7 +221,8 @@ class Graph:
                           freq_factors=freq_factors)
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, *, layer: int, n_head: int, n_head_kv: int,
-                  head_dim: int, head_dim_v: int, scale: float, window: int, name: str) -> Tensor:
+                  head_dim: int, head_dim_v: int, scale: float, window: int, name: str,
+                  softcap: float = 0.0) -> Tensor:
         # the head counts and widths come from metadata: name the keys a mismatch may lie in
         heads, kv_heads, width, width_v = (f"{self.arch}.attention.{key}" for key in (
             "head_count", "head_count_kv", "key_length", "value_length"))
@@ -226,7 +234,7 @@ class Graph:
         self._check(n_head % n_head_kv == 0, f"{n_head} query heads do not share {n_head_kv} KV heads")
         return self._node(Op.ATTENTION, name, n_head * head_dim_v, (q, k, v, self.pos), layer=layer,
                           n_head=n_head, n_head_kv=n_head_kv, head_dim=head_dim, head_dim_v=head_dim_v,
-                          scale=float(scale), window=int(window))
+                          scale=float(scale), window=int(window), softcap=float(softcap))
 
     def _glu(self, op: Op, gate: Tensor, up: Tensor, name: str) -> Tensor:
         self._check(gate.width == up.width, f"gate {gate} and up {up} differ")

@@ -26,6 +26,7 @@ CASES = {
     "qwen2": ("qwen2", {"extra_vocab": 7, "max_shard_size": "40KB"}),  # biases, shards, padding
     "qwen3": ("qwen3", {}),                                            # q/k head norms, tied head
     "mistral": ("mistral", {}),                                        # a sliding window of 8 keys
+    "gemma2": ("gemma2", {}),                                          # soft caps, alternating windows
     "gemma3": ("gemma3", {"dtype": torch.bfloat16}),                   # bf16 weights, SentencePiece
     "llama-smollm": ("llama", {"tokenizer": "smollm"}),                # SmolLM's pre-tokenizer
 }
@@ -56,7 +57,7 @@ def converted(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("case", ["llama", "qwen2", "qwen3", "mistral", "gemma3"])
+@pytest.mark.parametrize("case", ["llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3"])
 def test_logits_match_transformers(converted, case):
     from lanternlm.runtime.engine import Engine
 
@@ -64,7 +65,7 @@ def test_logits_match_transformers(converted, case):
     # f32 weights and an f32 KV cache: the engine computes in float32 throughout, as transformers
     # does (the default f16 cache, llama.cpp's, would round keys and values)
     engine = Engine.load(path, n_ctx=128, kv_type="f32")
-    if case == "gemma3":
+    if case.startswith("gemma"):
         use_ggml_gelu(ckpt.model)  # GEGLU as llama.cpp (and so the engine) computes it
     for text in LOGIT_TEXTS:
         ids = ckpt.tokenizer.encode(text)
@@ -255,6 +256,20 @@ def test_mistral_is_a_llama_file_with_a_sliding_window(converted, tmp_path):
     assert np.abs(hf_logits(unwindowed, ids) - hf_logits(ckpt, ids)).max() > 1.0
 
 
+def test_gemma2_soft_caps_and_windows_are_in_the_file_and_matter(converted, tmp_path):
+    """The caps (2 and 3 here) and the window (8 keys on layers 0, 2, ...) are written as
+    llama.cpp names them; without either cap transformers' logits move by more than a logit,
+    so test_logits_match_transformers checks them."""
+    ckpt, f, _ = converted("gemma2")
+    assert f.kv["gemma2.attn_logit_softcapping"] == 2.0 and f.kv["gemma2.final_logit_softcapping"] == 3.0
+    assert f.kv["gemma2.attention.sliding_window"] == 8
+    ids = ckpt.tokenizer.encode(LOGIT_TEXTS[1])
+    ref = hf_logits(ckpt, ids)
+    for i, cap in enumerate(("attn_logit_softcapping", "final_logit_softcapping")):
+        uncapped = build_checkpoint("gemma2", tmp_path / str(i), **{cap: None})
+        assert np.abs(hf_logits(uncapped, ids) - ref).max() > 1.0, cap
+
+
 def test_embedding_rows_beyond_the_vocabulary_are_dropped(converted, tmp_path):
     # Gemma checkpoints carry embedding rows past the tokenizer's ids; the file keeps vocab_size rows
     ckpt, f, _ = converted("qwen2")
@@ -266,3 +281,14 @@ def test_embedding_rows_beyond_the_vocabulary_are_dropped(converted, tmp_path):
     embd = f32_tensor(cut, "token_embd.weight")
     assert embd.shape[0] == len(cut.kv["tokenizer.ggml.tokens"]) == config["vocab_size"]
     np.testing.assert_array_equal(embd, f32_tensor(f, "token_embd.weight")[:config["vocab_size"]])
+
+
+def test_gemma2_on_the_torch_backend_matches_the_cpu_backend(converted):
+    """The torch backend soft-caps attention scores out of SDPA, and the logits with its op."""
+    from lanternlm.runtime.engine import Engine
+
+    ckpt, _, path = converted("gemma2")
+    ids = ckpt.tokenizer.encode(LOGIT_TEXTS[1])
+    cpu = Engine.load(path, n_ctx=64, kv_type="f32").logits(ids)
+    on_torch = Engine.load(path, n_ctx=64, backend="torch", device="cpu").logits(ids)
+    np.testing.assert_allclose(on_torch, cpu, atol=1e-3 * np.abs(cpu).max())

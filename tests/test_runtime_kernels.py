@@ -121,8 +121,9 @@ def test_rope_table_frequency_factors_divide_each_pairs_angle():
 
 # ---- attention ------------------------------------------------------------------------------
 
-def attention_reference(q, k_all, v_all, pos, n_head, n_head_kv, scale, window):
-    """Masked softmax attention in float64 over every cached position."""
+def attention_reference(q, k_all, v_all, pos, n_head, n_head_kv, scale, window, softcap=0.0):
+    """Masked softmax attention in float64 over every cached position (scores soft-capped,
+    softcap * tanh(s / softcap), where softcap > 0)."""
     t = q.shape[0]
     dk = k_all.shape[1] // n_head_kv
     dv = v_all.shape[1] // n_head_kv
@@ -137,14 +138,17 @@ def attention_reference(q, k_all, v_all, pos, n_head, n_head_kv, scale, window):
             qh = q[i, h * dk:(h + 1) * dk].astype(np.float64)
             kk = k_all[keys, kh * dk:(kh + 1) * dk].astype(np.float64)
             s = kk @ qh * scale
+            if softcap:
+                s = softcap * np.tanh(s / softcap)
             w = np.exp(s - s.max())
             out[i, h * dv:(h + 1) * dv] = (w / w.sum()) @ v_all[keys, kh * dv:(kh + 1) * dv]
     return out
 
 
+@pytest.mark.parametrize("softcap", [0.0, 2.0])
 @pytest.mark.parametrize("window", [0, 5])
 @pytest.mark.parametrize("driver", ["serial", "parallel"])
-def test_attention_gqa_causal_chunk_after_cache(window, driver):
+def test_attention_gqa_causal_chunk_after_cache(window, driver, softcap):
     n_head, n_head_kv, dk, dv, n_ctx = 4, 2, 16, 8, 32
     n_past, t = 9, 6  # a prefill chunk appended to 9 cached tokens
     k_all = randn(n_past + t, n_head_kv * dk)
@@ -158,8 +162,8 @@ def test_attention_gqa_causal_chunk_after_cache(window, driver):
     kc[:, n_past + t:] = 1e6  # stale entries past the sequence must never be read
     out = np.empty((t, n_head * dv), np.float32)
     fn = K.attention if driver == "serial" else K.attention_parallel
-    fn(out, q, kc, vc, pos, np.float32(0.25), window, K.attention_scratch(kc), 0, 0)
-    want = attention_reference(q, k_all, v_all, pos, n_head, n_head_kv, 0.25, window)
+    fn(out, q, kc, vc, pos, np.float32(0.25), window, K.attention_scratch(kc), 0, 0, softcap)
+    want = attention_reference(q, k_all, v_all, pos, n_head, n_head_kv, 0.25, window, softcap)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
 
 
@@ -188,7 +192,7 @@ def test_attention_f16_cache_rounds_keys_values_and_query_like_llama_cpp(window,
                                   half(v_all).astype(np.float16).view(np.uint16))
     out = np.empty((4, n_head * dv), np.float32)
     fn = K.attention if driver == "serial" else K.attention_parallel
-    fn(out, q, kc, vc, pos, np.float32(0.25), window, K.attention_scratch(kc), 0, 0)
+    fn(out, q, kc, vc, pos, np.float32(0.25), window, K.attention_scratch(kc), 0, 0, 0.0)
     want = attention_reference(half(q), half(k_all), half(v_all), pos, n_head, n_head_kv, 0.25, window)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
     # unrounded queries give a different answer: the rounding is really there
@@ -264,7 +268,7 @@ def test_attention_on_a_quantized_cache_reads_gguf_py_blocks(k_type, v_type, dri
     q_operand = q8_0_query(q_rotated, dk) if kt.block > 1 else half(q)
     out = np.empty((4, n_head * dv), np.float32)
     fn = K.attention if driver == "serial" else K.attention_parallel
-    fn(out, q, kc, vc, pos, np.float32(0.125), 0, K.attention_scratch(kc), k_rot, v_rot)
+    fn(out, q, kc, vc, pos, np.float32(0.125), 0, K.attention_scratch(kc), k_rot, v_rot, 0.0)
     want = attention_reference(q_operand, k_held, v_held, pos, n_head, n_head_kv, 0.125, 0)
     if v_rot:
         want = hadamard_reference(want, v_rot)
@@ -281,7 +285,7 @@ def test_attention_single_key_returns_its_value():
     K.kv_store(kc, vc, np.array([[1.0, 2.0, 3.0]], np.float32), np.array([[5.0, -7.0]], np.float32),
                np.array([0]), 0, 0)
     out = np.empty((1, 4), np.float32)
-    K.attention(out, randn(1, 6, scale=50.0), kc, vc, np.array([0]), np.float32(1.0), 0, K.attention_scratch(kc), 0, 0)
+    K.attention(out, randn(1, 6, scale=50.0), kc, vc, np.array([0]), np.float32(1.0), 0, K.attention_scratch(kc), 0, 0, 0.0)
     np.testing.assert_array_equal(out, [[5.0, -7.0, 5.0, -7.0]])
 
 

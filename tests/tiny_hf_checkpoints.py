@@ -175,6 +175,17 @@ def _qwen3_config(vocab_size: int, **overrides):
     return Qwen3Config(vocab_size=vocab_size, tie_word_embeddings=True, head_dim=16, **{**SMALL, **overrides})
 
 
+def _gemma2_config(vocab_size: int, **overrides):
+    from transformers import Gemma2Config
+
+    # small caps, so that the random model's scores and logits reach them; eager attention,
+    # transformers' path with soft-capping
+    return Gemma2Config(vocab_size=vocab_size, head_dim=16, query_pre_attn_scalar=16, bos_token_id=2, eos_token_id=1,
+                        pad_token_id=0, attn_implementation="eager",
+                        **{**SMALL, "sliding_window": 8, "attn_logit_softcapping": 2.0,
+                           "final_logit_softcapping": 3.0, **overrides})
+
+
 def _gemma3_config(vocab_size: int, **overrides):
     from transformers import Gemma3TextConfig
 
@@ -185,11 +196,11 @@ def _gemma3_config(vocab_size: int, **overrides):
 
 
 def _model_class(family: str):
-    from transformers import (Gemma3ForCausalLM, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
-                              Qwen3ForCausalLM)
+    from transformers import (Gemma2ForCausalLM, Gemma3ForCausalLM, LlamaForCausalLM, MistralForCausalLM,
+                              Qwen2ForCausalLM, Qwen3ForCausalLM)
 
     return {"llama": LlamaForCausalLM, "mistral": MistralForCausalLM, "qwen2": Qwen2ForCausalLM,
-            "qwen3": Qwen3ForCausalLM, "gemma3": Gemma3ForCausalLM}[family]
+            "qwen3": Qwen3ForCausalLM, "gemma2": Gemma2ForCausalLM, "gemma3": Gemma3ForCausalLM}[family]
 
 
 # family -> (config builder, default tokenizer, norm weight centre: gemma stores w with (1 + w))
@@ -198,6 +209,7 @@ FAMILIES = {
     "qwen2": (_qwen2_config, "qwen2", 1.0),
     "qwen3": (_qwen3_config, "qwen2", 1.0),
     "mistral": (_mistral_config, "llama3", 1.0),
+    "gemma2": (_gemma2_config, "spm", 0.0),
     "gemma3": (_gemma3_config, "spm", 0.0),
 }
 

@@ -43,11 +43,11 @@ def _get_rows(table, ids, gathered, dequantize, out_flat, gathered_flat):
     dequantize(out_flat, gathered_flat)
 
 
-def _attention_one_query(out, q, k_cache, v_cache, pos, scale, window, scratch, k_rot, v_rot):
+def _attention_one_query(out, q, k_cache, v_cache, pos, scale, window, scratch, k_rot, v_rot, cap):
     """Decode-time attention: serial while the context is short, parallel over heads after."""
     keys = pos[0] + 1 if window <= 0 else min(pos[0] + 1, window)
     fn = K.attention_parallel if keys >= ATTENTION_PARALLEL_MIN_KEYS else K.attention
-    fn(out, q, k_cache, v_cache, pos, scale, window, scratch, k_rot, v_rot)
+    fn(out, q, k_cache, v_cache, pos, scale, window, scratch, k_rot, v_rot, cap)
 
 
 def quant_type(ref):
@@ -207,7 +207,8 @@ def _bind_attention(be: CpuBackend, node, out, srcs, t):
     attend = K.attention_parallel if t > 1 else _attention_one_query
     rot = (be.kv.k_rotation, be.kv.v_rotation)
     return [(K.kv_store, (kc, vc, k, v, pos, *rot)),
-            (attend, (out, q, kc, vc, pos, np.float32(p["scale"]), p["window"], be.attention_scratch(kc), *rot))]
+            (attend, (out, q, kc, vc, pos, np.float32(p["scale"]), p["window"], be.attention_scratch(kc), *rot,
+                      np.float32(p["softcap"])))]
 
 
 _BINDERS: dict[Op, Callable] = {
@@ -216,6 +217,7 @@ _BINDERS: dict[Op, Callable] = {
     Op.ADD: lambda be, node, out, srcs, t: [(K.add, (out, *srcs))],
     Op.ADD_BIAS: lambda be, node, out, srcs, t: [(K.add_bias, (out, srcs[0], be.vector(node.weights[0])))],
     Op.SCALE: lambda be, node, out, srcs, t: [(K.scale, (out, srcs[0], np.float32(node.params["s"])))],
+    Op.SOFTCAP: lambda be, node, out, srcs, t: [(K.softcap, (out, srcs[0], np.float32(node.params["cap"])))],
     Op.RMS_NORM: lambda be, node, out, srcs, t: [
         (K.rms_norm_rows if t > 1 else K.rms_norm, (out, srcs[0], be.vector(node.weights[0]), node.params["eps"]))],
     Op.ROPE: _bind_rope,

@@ -121,6 +121,16 @@ def scale(out, x, s):
 
 
 @njit(cache=True)
+def softcap(out, x, cap):
+    """out = cap * tanh(x / cap), as ggml's scale, tanh, scale. out, x: f32 (rows, width). Alias-safe."""
+    c = np.float32(cap)
+    inv = np.float32(1.0) / c
+    for r in range(x.shape[0]):
+        for i in range(x.shape[1]):
+            out[r, i] = np.float32(np.tanh(x[r, i] * inv)) * c
+
+
+@njit(cache=True)
 def last_row(out, x):
     """out[0] = x[-1]. out: f32 (1, width); x: f32 (T, width)."""
     t = x.shape[0] - 1
@@ -176,8 +186,9 @@ def _work_size(dk):
 
 
 @njit(cache=True, fastmath=_FAST)
-def _attend(out, q, k_cache, v_cache, work, t, h, p, scale, window, k_rot, v_rot):
-    """out[t, head h] = sum over visible keys j of softmax_j(q . k_j * scale) * v_j.
+def _attend(out, q, k_cache, v_cache, work, t, h, p, scale, window, k_rot, v_rot, cap):
+    """out[t, head h] = sum over visible keys j of softmax_j(c(q . k_j * scale)) * v_j, with
+    c(s) = cap * tanh(s / cap) where cap > 0 (Gemma 2's soft-capped scores), else s.
 
     Visible: j <= p (causal) and p - j < window when window > 0. work: f32, this thread's row
     of the scratch: the query head as the keys meet it (rotated like them, then
@@ -203,6 +214,8 @@ def _attend(out, q, k_cache, v_cache, work, t, h, p, scale, window, k_rot, v_rot
     m = _NEG_BIG
     for i in range(n):
         s = dot_row(qh, qd, qi, keys[lo + i]) * scale
+        if cap > 0:
+            s = np.float32(np.tanh(s / cap)) * cap
         scores[i] = s
         if s > m:
             m = s
@@ -220,28 +233,28 @@ def _attend(out, q, k_cache, v_cache, work, t, h, p, scale, window, k_rot, v_rot
 
 
 @njit(cache=True)
-def attention(out, q, k_cache, v_cache, pos, scale, window, scratch, k_rot, v_rot):
+def attention(out, q, k_cache, v_cache, pos, scale, window, scratch, k_rot, v_rot, cap):
     """Causal multi-head attention of T queries over the cache (serial driver).
 
     out: f32 (T, n_head * head_dim_v); q: f32 (T, n_head * head_dim);
     k_cache, v_cache: (n_head_kv, n_ctx, row) of any cache type, already holding these tokens'
     keys; pos: int64 (T,) query positions; scale: f32; window: int (0 = unlimited);
     scratch: from `attention_scratch` (row 0 is used); k_rot, v_rot: the cache's rotation
-    blocks (kv_cache.rotation_block; 0: none).
+    blocks (kv_cache.rotation_block; 0: none); cap: the scores' soft cap (0: none).
     """
     n_head = q.shape[1] // row_width(k_cache)
     s32 = np.float32(scale)
     for t in range(q.shape[0]):
         for h in range(n_head):
-            _attend(out, q, k_cache, v_cache, scratch[0], t, h, pos[t], s32, window, k_rot, v_rot)
+            _attend(out, q, k_cache, v_cache, scratch[0], t, h, pos[t], s32, window, k_rot, v_rot, np.float32(cap))
 
 
 @njit(cache=True, parallel=True)
-def attention_parallel(out, q, k_cache, v_cache, pos, scale, window, scratch, k_rot, v_rot):
+def attention_parallel(out, q, k_cache, v_cache, pos, scale, window, scratch, k_rot, v_rot, cap):
     """As `attention`, one (token, head) pair per parallel task, each thread on its scratch row."""
     n_head = q.shape[1] // row_width(k_cache)
     s32 = np.float32(scale)
     for item in prange(q.shape[0] * n_head):
         t = item // n_head
         _attend(out, q, k_cache, v_cache, scratch[numba.get_thread_id()], t, item - t * n_head,
-                pos[t], s32, window, k_rot, v_rot)
+                pos[t], s32, window, k_rot, v_rot, np.float32(cap))

@@ -378,8 +378,9 @@ def _rope(out, x, pos: Input, cos, sin, head_dim, first, second, tail):
         oh[..., tail:] = xh[..., tail:]
 
 
-def _attention(out, q, k, v, pos: Input, k_cache, v_cache, gqa, scale, window):
-    """Store k, v at their positions, then causal attention of q over the cache.
+def _attention(out, q, k, v, pos: Input, k_cache, v_cache, gqa, scale, window, softcap):
+    """Store k, v at their positions, then causal attention of q over the cache (scores
+    soft-capped, cap * tanh(s / cap), where softcap > 0: computed out of SDPA then).
 
     q (t, n_head * dk), k (t, n_kv * dk), v (t, n_kv * dv), out (t, n_head * dv);
     caches (n_kv, n_ctx, d). The key range comes from the host positions (no device sync);
@@ -401,7 +402,13 @@ def _attention(out, q, k, v, pos: Input, k_cache, v_cache, gqa, scale, window):
         if window > 0:
             visible &= behind < window
         mask = visible.repeat(gqa, 1)                                         # rows as qg's
-    o = F.scaled_dot_product_attention(qg, k_cache[:, lo:hi], v_cache[:, lo:hi], attn_mask=mask, scale=scale)
+    if softcap > 0:
+        scores = torch.tanh(qg @ k_cache[:, lo:hi].transpose(1, 2) * (scale / softcap)) * softcap
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        o = torch.softmax(scores.float(), dim=-1).to(qg.dtype) @ v_cache[:, lo:hi]
+    else:
+        o = F.scaled_dot_product_attention(qg, k_cache[:, lo:hi], v_cache[:, lo:hi], attn_mask=mask, scale=scale)
     out.view(t, n_kv, gqa, dv).copy_(o.view(n_kv, gqa, t, dv).permute(2, 0, 1, 3))
 
 
@@ -412,6 +419,10 @@ def _add(out, a, b):
 
 def _scale(out, x, s):
     torch.mul(x, s, out=out)
+
+
+def _softcap(out, x, cap):
+    torch.mul(torch.tanh(x / cap), cap, out=out)
 
 
 def _swiglu(out, gate, up):
@@ -447,7 +458,7 @@ def _bind_attention(be: TorchBackend, node, out, srcs, t):
     q, k, v, pos = srcs
     kc, vc = layer_cache(be.kv, p)
     gqa = p["n_head"] // p["n_head_kv"]
-    return [(_attention, (out, q, k, v, pos, kc, vc, gqa, p["scale"], p["window"]))]
+    return [(_attention, (out, q, k, v, pos, kc, vc, gqa, p["scale"], p["window"], p["softcap"]))]
 
 
 _BINDERS: dict[Op, Callable] = {
@@ -456,6 +467,7 @@ _BINDERS: dict[Op, Callable] = {
     Op.ADD: lambda be, node, out, srcs, t: [(_add, (out, *srcs))],
     Op.ADD_BIAS: lambda be, node, out, srcs, t: [(_add, (out, srcs[0], be.vector(node.weights[0])))],
     Op.SCALE: lambda be, node, out, srcs, t: [(_scale, (out, srcs[0], node.params["s"]))],
+    Op.SOFTCAP: lambda be, node, out, srcs, t: [(_softcap, (out, srcs[0], node.params["cap"]))],
     Op.RMS_NORM: lambda be, node, out, srcs, t: [
         (_rms_norm, (out, srcs[0], be.vector(node.weights[0]), node.params["eps"]))],
     Op.ROPE: _bind_rope,

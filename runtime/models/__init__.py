@@ -8,7 +8,8 @@
 
 `ARCHITECTURES` maps a GGUF `general.architecture` to the module implementing its forward and
 the config overrides that distinguish it (as mlx-lm's aliases do): qwen2 is llama with q/k/v
-biases and NEOX-ordered rope, qwen3 llama with NEOX rope and q/k heads RMS-normed.
+biases and NEOX-ordered rope, qwen3 llama with NEOX rope and q/k heads RMS-normed; gemma2
+runs gemma3's forward with its own settings.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType, ModuleType
 from typing import Mapping
 
-from . import gemma3, llama
+from . import gemma2, gemma3, llama
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "llama": Architecture(llama),
     "qwen2": Architecture(llama, MappingProxyType({"rope_neox": True, "attn_qkv_bias": True})),
     "qwen3": Architecture(llama, MappingProxyType({"rope_neox": True, "attn_qk_norm": True})),
+    "gemma2": Architecture(gemma2),
     "gemma3": Architecture(gemma3),
 }
 

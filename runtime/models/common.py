@@ -17,7 +17,7 @@ def rope(g, cfg, x, il: int, freq_factors: str | None = None):
 def attention(g, cfg, q, k, v, il: int):
     return g.attention(q, k, v, layer=il, n_head=cfg.n_head, n_head_kv=cfg.n_head_kv,
                        head_dim=cfg.head_dim, head_dim_v=cfg.head_dim_v, scale=cfg.attn_scale,
-                       window=cfg.layer_window(il), name=f"blk.{il}.kqv_out")
+                       window=cfg.layer_window(il), name=f"blk.{il}.kqv_out", softcap=cfg.attn_logit_softcap)
 
 
 def lm_head(g, cfg, x) -> None:
@@ -32,4 +32,6 @@ def lm_head(g, cfg, x) -> None:
     if logits.width != cfg.n_vocab and not g.missing:
         raise ValueError(f"{cfg.arch}: the output projection gives {logits.width} logits, but the vocabulary "
                          f"has {cfg.n_vocab} tokens ({cfg.arch}.vocab_size, or tokenizer.ggml.tokens)")
+    if cfg.final_logit_softcap:
+        logits = g.softcap(logits, cfg.final_logit_softcap, name="result_softcapped")
     g.set_output(logits)

@@ -33,6 +33,7 @@ def hparams(kv, fields: dict) -> dict:
     scale_dim = fields["n_embd"] // fields["n_head"] if n_layer == 62 else head_dim
     return dict(
         rope_neox=True,
+        attn_qk_norm=True,
         sliding_window=window,
         swa_layers=swa_layers,
         rope_base_swa=kv.float("rope.freq_base_swa", 10000.0),
@@ -50,8 +51,9 @@ def build(g, cfg) -> None:
         q = g.mul_mat(p + "attn_q.weight", h)                         # (T, n_head * head_dim)
         k = g.mul_mat(p + "attn_k.weight", h)                         # (T, n_head_kv * head_dim)
         v = g.mul_mat(p + "attn_v.weight", h)
-        q = g.rms_norm(q, p + "attn_q_norm.weight", cfg.rms_eps)      # per head
-        k = g.rms_norm(k, p + "attn_k_norm.weight", cfg.rms_eps)
+        if cfg.attn_qk_norm:                                          # Gemma 3 (not 2)
+            q = g.rms_norm(q, p + "attn_q_norm.weight", cfg.rms_eps)  # per head
+            k = g.rms_norm(k, p + "attn_k_norm.weight", cfg.rms_eps)
         q = rope(g, cfg, q, il)
         k = rope(g, cfg, k, il)
         a = attention(g, cfg, q, k, v, il)
