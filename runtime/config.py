@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from ..formats import metadata
 from ..formats.metadata import MetadataError
+from .backends.rope_table import NO_YARN, Yarn
 
 
 class ConfigError(MetadataError):
@@ -35,6 +36,7 @@ class ModelConfig:
     n_rot: int = 0                  # rotated dims per head; 0 -> head_dim
     rope_base: float = 10000.0
     rope_freq_scale: float = 1.0    # linear position scaling (1 / rope.scaling.factor)
+    rope_yarn: Yarn = NO_YARN       # YaRN's ramp and magnitude, where rope.scaling.type is yarn
     rope_neox: bool = False         # True: rotate (x[i], x[i + n_rot/2]); False: (x[2i], x[2i+1])
     rope_base_swa: float = 10000.0  # rope base of sliding-window layers
     rope_freq_scale_swa: float = 1.0  # and their position scaling (gemma3: none, local layers never see far)
@@ -157,6 +159,7 @@ def generic_fields(kv: Mapping[str, Any], arch: str) -> dict:
         n_rot=k.int("rope.dimension_count", 0),
         rope_base=k.float("rope.freq_base", 10000.0),
         rope_freq_scale=_rope_freq_scale(k),
+        rope_yarn=_yarn(k),
         pooling_type=k.int("pooling_type", -1),
         final_logit_softcap=k.float("final_logit_softcapping", 0.0),
     )
@@ -178,6 +181,17 @@ def _rope_freq_scale(k: KV) -> float:
     factor = k.float("rope.scaling.factor", 0.0)
     if kind == "none" or factor in (0.0, 1.0):
         return 1.0
-    if kind == "linear":
+    if kind in ("linear", "yarn"):
         return 1.0 / factor
-    raise ConfigError(f"{k.arch}: rope scaling {kind!r} is not supported (only linear)")
+    raise ConfigError(f"{k.arch}.rope.scaling.type: rope scaling {kind!r} is not supported (linear and yarn are)")
+
+
+def _yarn(k: KV) -> Yarn:
+    """YaRN's settings where the file scales its rope with it (llama.cpp's defaults else)."""
+    if k.get("rope.scaling.type", "none") != "yarn" or k.float("rope.scaling.factor", 0.0) in (0.0, 1.0):
+        return NO_YARN
+    return Yarn(ext_factor=k.float("rope.scaling.yarn_ext_factor", 1.0),
+                attn_factor=k.float("rope.scaling.yarn_attn_factor", 1.0),
+                beta_fast=k.float("rope.scaling.yarn_beta_fast", 32.0),
+                beta_slow=k.float("rope.scaling.yarn_beta_slow", 1.0),
+                n_ctx_orig=k.int("rope.scaling.original_context_length", k.int("context_length")))

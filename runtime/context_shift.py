@@ -20,6 +20,7 @@ import numpy as np
 from numba import njit
 
 from .backends.kv_rows import get_row, hadamard, hadamard_reference, put_row, row_width
+from .backends.rope_table import NO_YARN, Yarn
 from .graph import Graph, Op
 
 
@@ -31,6 +32,7 @@ class KeyRope:
     freq_scale: float
     neox: bool
     freq_factors: str | None = None   # the weight of per-pair frequency divisors, if any
+    yarn: Yarn = NO_YARN
 
 
 def key_ropes(graph: Graph) -> dict[int, KeyRope]:
@@ -45,7 +47,7 @@ def key_ropes(graph: Graph) -> dict[int, KeyRope]:
         if source is not None and source.op is Op.ROPE:
             p = source.params
             ropes[node.params["layer"]] = KeyRope(p["n_rot"], p["base"], p["freq_scale"], p["neox"],
-                                                  p["freq_factors"])
+                                                  p["freq_factors"], p["yarn"])
     return ropes
 
 

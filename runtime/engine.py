@@ -358,9 +358,13 @@ class Engine:
             raise ValueError(f"{self.cfg.arch}: context shift needs rotary keys in every layer")
         with kernel_section():
             for layer, rope in ropes.items():
-                cos, sin = self.backend.rope_table(rope.n_rot, rope.base, rope.freq_scale, rope.freq_factors)
+                cos, sin = self.backend.rope_table(rope.n_rot, rope.base, rope.freq_scale, rope.freq_factors,
+                                                   rope.yarn)
+                # a pure rotation: YaRN's tables carry its magnitude factor, which the keys have already
+                mscale = np.float32(rope.yarn.mscale(rope.freq_scale))
                 shift_cache(self.kv.k[layer], self.kv.v[layer], n_keep, n_discard, self.kv.n_past,
-                            cos[n_discard], sin[n_discard], rope.n_rot, rope.neox, self.kv.k_rotation)
+                            cos[n_discard] / mscale, sin[n_discard] / mscale, rope.n_rot, rope.neox,
+                            self.kv.k_rotation)
             self.kv.n_past -= n_discard
 
     def _run(self, prog: Program, phase: str) -> None:

@@ -17,6 +17,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from .backends.rope_table import NO_YARN, Yarn
+
 
 class Op(enum.Enum):
     GET_ROWS = "get_rows"    # weights: (table,); srcs: (ids,)            -> table rows, dequantized
@@ -27,7 +29,8 @@ class Op(enum.Enum):
     SOFTCAP = "softcap"      # srcs: (x,); params: cap                    -> cap * tanh(x / cap)
     RMS_NORM = "rms_norm"    # weights: (w (g,),); srcs: (x,); params: eps -> each g-wide group of a
                              #   row divided by its root mean square, then times w
-    ROPE = "rope"            # srcs: (x, pos); params: head_dim, n_rot, base, freq_scale, neox
+    ROPE = "rope"            # srcs: (x, pos); params: head_dim, n_rot, base, freq_scale, neox,
+                             #   freq_factors (a weight's name or None), yarn
     ATTENTION = "attention"  # srcs: (q, k, v, pos); params: layer, n_head, n_head_kv, head_dim,
                              #   head_dim_v, scale, window, softcap. Appends k, v to the layer's KV
                              #   cache at `pos`, then causal softmax(c(q.k * scale)) @ v over the
@@ -207,9 +210,11 @@ class Graph:
         return self._node(Op.RMS_NORM, name or self._stem(weight), x.width, (x,), (weight,), eps=float(eps))
 
     def rope(self, x: Tensor, *, head_dim: int, n_rot: int, base: float, freq_scale: float,
-             neox: bool, freq_factors: str | None = None, name: str | None = None) -> Tensor:
+             neox: bool, freq_factors: str | None = None, yarn: Yarn = NO_YARN,
+             name: str | None = None) -> Tensor:
         """Rotary embedding; freq_factors names a weight of n_rot / 2 divisors of the pairs'
-        frequencies (Llama 3's rope_freqs.weight), as ggml's rope_ext takes them."""
+        frequencies (Llama 3's rope_freqs.weight), as ggml's rope_ext takes them; yarn: YaRN's
+        settings (backends/rope_table.py)."""
         self._check(x.width % head_dim == 0, f"rope head_dim {head_dim} does not divide {x}")
         if freq_factors is not None:
             shape = self._weight(freq_factors)
@@ -218,7 +223,7 @@ class Graph:
         return self._node(Op.ROPE, name or f"{x.name}.rope", x.width, (x, self.pos),
                           () if freq_factors is None else (freq_factors,), head_dim=head_dim,
                           n_rot=n_rot, base=float(base), freq_scale=float(freq_scale), neox=bool(neox),
-                          freq_factors=freq_factors)
+                          freq_factors=freq_factors, yarn=yarn)
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, *, layer: int, n_head: int, n_head_kv: int,
                   head_dim: int, head_dim_v: int, scale: float, window: int, name: str,

@@ -27,11 +27,17 @@ def scale(logits):
     return float(np.abs(logits).max())
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+YARN = {"rope.scaling.type": "yarn", "rope.scaling.factor": 4.0, "rope.scaling.original_context_length": 8}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3", "qwen2-yarn"])
 @pytest.mark.parametrize("kv_type, rtol", [("f32", 1e-4), ("f16", 2e-2), ("q8_0", 2e-2)])
 def test_logits_after_a_shift_equal_a_fresh_evaluation_of_the_kept_tokens(tmp_path, arch, kv_type, rtol):
-    # heads of 64: a q8_0 cache needs whole blocks of 32, and rotates heads of 64 (kv_cache.py)
-    path = write_mixed_model(tmp_path / f"{arch}.gguf", arch, n_layer=1, head_dim=64)
+    # heads of 64: a q8_0 cache needs whole blocks of 32, and rotates heads of 64 (kv_cache.py);
+    # with YaRN the rope tables carry a magnitude factor, which a shift must not apply again
+    arch, _, variant = arch.partition("-")
+    extra = {f"{arch}.{key}": value for key, value in YARN.items()} if variant == "yarn" else None
+    path = write_mixed_model(tmp_path / f"{arch}.gguf", arch, n_layer=1, head_dim=64, extra_kv=extra)
     eng = Engine.load(path, n_ctx=32, threads=1, kv_type=kv_type)
     eng.eval(IDS)
     eng.shift(N_KEEP, N_DISCARD)

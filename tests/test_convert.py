@@ -270,6 +270,27 @@ def test_gemma2_soft_caps_and_windows_are_in_the_file_and_matter(converted, tmp_
         assert np.abs(hf_logits(uncapped, ids) - ref).max() > 1.0, cap
 
 
+def test_yarn_rope_scaling_matches_transformers_beyond_the_original_context(tmp_path):
+    """Qwen2.5's long-context configuration (rope type yarn, factor 4 over an original context
+    of 16 tokens here): logits match transformers' at every position of 64 tokens, prefill and
+    decode; plain linear scaling would not."""
+    from lanternlm.runtime.engine import Engine
+
+    rope = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16}
+    ckpt = build_checkpoint("qwen2", tmp_path / "hf", rope_parameters=rope)
+    f = read_gguf(path := convert_hf_to_gguf(ckpt.path, tmp_path / "m.gguf", outtype="f32").path)
+    assert f.kv["qwen2.rope.scaling.type"] == "yarn" and f.kv["qwen2.rope.scaling.original_context_length"] == 16
+    ids = ckpt.tokenizer.encode(" ".join(CORPUS))[:64]
+    engine = Engine.load(path, n_ctx=128, kv_type="f32")
+    ref = hf_logits(ckpt, ids)
+    np.testing.assert_array_less(np.abs(engine.logits(ids) - ref).max(), 1e-3)
+    engine.reset()
+    decoded = np.stack([engine.eval([t]).copy() for t in ids])
+    np.testing.assert_array_less(np.abs(decoded - ref).max(), 1e-3)
+    linear = build_checkpoint("qwen2", tmp_path / "linear", rope_parameters={**rope, "rope_type": "linear"})
+    assert np.abs(hf_logits(linear, ids) - ref).max() > 1e-2
+
+
 def test_embedding_rows_beyond_the_vocabulary_are_dropped(converted, tmp_path):
     # Gemma checkpoints carry embedding rows past the tokenizer's ids; the file keeps vocab_size rows
     ckpt, f, _ = converted("qwen2")

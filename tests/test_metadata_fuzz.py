@@ -49,7 +49,10 @@ def llama_spm(directory):
     source = read_gguf(write_tiny_model(directory / "source.gguf", SPEC))
     kv = dict(source.kv)
     kv.update({"llama.attention.key_length": HEAD_DIM, "llama.attention.value_length": HEAD_DIM,
-               "llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 1.0,
+               "llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 2.0,
+               "llama.rope.scaling.original_context_length": 64, "llama.rope.scaling.yarn_ext_factor": 1.0,
+               "llama.rope.scaling.yarn_attn_factor": 1.0, "llama.rope.scaling.yarn_beta_fast": 32.0,
+               "llama.rope.scaling.yarn_beta_slow": 1.0,
                "llama.final_logit_softcapping": 0.0,
                "tokenizer.ggml.add_bos_token": True, "tokenizer.ggml.add_eos_token": False,
                "tokenizer.ggml.add_space_prefix": True,

@@ -138,10 +138,11 @@ def test_weight_stream_reports_a_file_that_shrank(data_file):
 
 # ---- bit-identical to the in-RAM engine ----------------------------------------------------------
 
-def write_mixed_model(path, arch, n_layer=None, head_dim=HEAD_DIM):
+def write_mixed_model(path, arch, n_layer=None, head_dim=HEAD_DIM, extra_kv=None):
     """A tiny model whose matrices cycle through several types (token_embd Q8_0); n_layer keeps
-    only the first layers."""
+    only the first layers; extra_kv: metadata added."""
     kv, weights = tiny_model(arch, head_dim=head_dim)
+    kv.update(extra_kv or {})
     if n_layer is not None:
         kv[f"{arch}.block_count"] = n_layer
         weights = {n: w for n, w in weights.items() if not n.startswith("blk.") or int(n.split(".")[1]) < n_layer}

@@ -86,9 +86,12 @@ def test_gemma3_layer_pattern_scale_and_rope_bases():
 
 def test_linear_rope_scaling_applies_to_global_layers():
     cfg = ModelConfig.from_kv(llama_kv(**{"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 8.0}))
-    assert cfg.layer_rope_freq_scale(0) == 0.125
-    with pytest.raises(ConfigError, match="yarn"):
-        ModelConfig.from_kv(llama_kv(**{"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0}))
+    assert cfg.layer_rope_freq_scale(0) == 0.125 and cfg.rope_yarn.ext_factor == 0.0
+    yarn = ModelConfig.from_kv(llama_kv(**{"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0,
+                                           "llama.rope.scaling.original_context_length": 512}))
+    assert yarn.rope_freq_scale == 0.25 and yarn.rope_yarn.ext_factor == 1.0 and yarn.rope_yarn.n_ctx_orig == 512
+    with pytest.raises(ConfigError, match="llama.rope.scaling.type: rope scaling 'longrope' is not supported"):
+        ModelConfig.from_kv(llama_kv(**{"llama.rope.scaling.type": "longrope", "llama.rope.scaling.factor": 4.0}))
 
 
 def test_config_errors_name_the_problem():

@@ -20,7 +20,7 @@ from ..kv_cache import CacheType, KVCache, row_width
 from ..memory_limits import AvailableMemory, available_memory
 from . import activations as A
 from . import cpu_kernels as K
-from .rope_table import rope_cos_sin
+from .rope_table import NO_YARN, Yarn, rope_cos_sin
 
 Call = tuple[Callable, tuple]
 
@@ -125,12 +125,13 @@ class CpuBackend:
             self._vectors[name] = v
         return v
 
-    def rope_table(self, n_rot: int, base: float, freq_scale: float, freq_factors: str | None = None):
+    def rope_table(self, n_rot: int, base: float, freq_scale: float, freq_factors: str | None = None,
+                   yarn: Yarn = NO_YARN):
         """cos, sin tables of a rope (freq_factors: the name of its per-pair divisors, if any)."""
-        key = (n_rot, base, freq_scale, freq_factors)
+        key = (n_rot, base, freq_scale, freq_factors, yarn)
         if key not in self._rope:
             factors = None if freq_factors is None else self.vector(freq_factors)
-            self._rope[key] = rope_cos_sin(self.kv.n_ctx, n_rot, base, freq_scale, factors)
+            self._rope[key] = rope_cos_sin(self.kv.n_ctx, n_rot, base, freq_scale, factors, yarn)
         return self._rope[key]
 
     def attention_scratch(self, k_cache: np.ndarray) -> np.ndarray:
@@ -185,7 +186,7 @@ def _bind_mul_mat_rows(be: CpuBackend, node, out, srcs):
 
 def _bind_rope(be: CpuBackend, node, out, srcs, t):
     p = node.params
-    cos, sin = be.rope_table(p["n_rot"], p["base"], p["freq_scale"], p["freq_factors"])
+    cos, sin = be.rope_table(p["n_rot"], p["base"], p["freq_scale"], p["freq_factors"], p["yarn"])
     x, pos = srcs
     return [(K.rope, (out, x, pos, cos, sin, p["head_dim"], p["n_rot"], p["neox"]))]
 

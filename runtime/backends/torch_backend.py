@@ -46,7 +46,7 @@ from ..graph import Node, Op
 from ..kv_cache import CACHE_TYPES, CacheType, KVCache
 from ..memory_limits import AvailableMemory, available_memory
 from .cpu import BackendError, layer_cache
-from .rope_table import rope_cos_sin
+from .rope_table import NO_YARN, Yarn, rope_cos_sin
 from .torch_dequant import DEQUANTIZERS, FLOAT_TYPES, dequantize_rows
 
 Call = tuple[Callable, tuple]
@@ -294,12 +294,12 @@ class TorchBackend:
             v = self._vectors[name] = self._dequantize(raw, qtype, n).reshape(-1)
         return v
 
-    def rope_table(self, n_rot: int, base: float, freq_scale: float,
-                   freq_factors: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (n_rot, base, freq_scale, freq_factors)
+    def rope_table(self, n_rot: int, base: float, freq_scale: float, freq_factors: str | None = None,
+                   yarn: Yarn = NO_YARN) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (n_rot, base, freq_scale, freq_factors, yarn)
         if key not in self._rope:
             factors = None if freq_factors is None else self.vector(freq_factors).float().cpu().numpy()
-            cos, sin = rope_cos_sin(self.kv.n_ctx, n_rot, base, freq_scale, factors)
+            cos, sin = rope_cos_sin(self.kv.n_ctx, n_rot, base, freq_scale, factors, yarn)
             self._rope[key] = (torch.from_numpy(cos).to(self.device), torch.from_numpy(sin).to(self.device))
         return self._rope[key]
 
@@ -445,7 +445,7 @@ def _last_row(out, x):
 
 def _bind_rope(be: TorchBackend, node, out, srcs, t):
     p = node.params
-    cos, sin = be.rope_table(p["n_rot"], p["base"], p["freq_scale"], p["freq_factors"])
+    cos, sin = be.rope_table(p["n_rot"], p["base"], p["freq_scale"], p["freq_factors"], p["yarn"])
     x, pos = srcs
     n_rot, half = p["n_rot"], p["n_rot"] // 2
     first, second = (slice(0, half), slice(half, n_rot)) if p["neox"] else (slice(0, n_rot, 2), slice(1, n_rot, 2))

@@ -11,7 +11,8 @@ def rope(g, cfg, x, il: int, freq_factors: str | None = None):
     """Rotate queries or keys of layer `il` with that layer's base and scale (and per-pair
     frequency divisors, a weight's name)."""
     return g.rope(x, head_dim=cfg.head_dim, n_rot=cfg.n_rot, base=cfg.layer_rope_base(il),
-                  freq_scale=cfg.layer_rope_freq_scale(il), neox=cfg.rope_neox, freq_factors=freq_factors)
+                  freq_scale=cfg.layer_rope_freq_scale(il), neox=cfg.rope_neox, freq_factors=freq_factors,
+                  yarn=cfg.rope_yarn)
 
 
 def attention(g, cfg, q, k, v, il: int):

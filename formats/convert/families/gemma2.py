@@ -15,11 +15,7 @@ T = gguf.MODEL_TENSOR
 
 def add_hparams(cfg: HFConfig, meta: MetadataBuilder) -> None:
     # Gemma 2's defaults where config.json omits a value (transformers' Gemma2Config)
-    meta.add_context_length(int(cfg.get("max_position_embeddings", default=8192)))
-    meta.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", default=1e-6)))
-    head_dim = int(cfg.get("head_dim", default=256))
-    meta.add_key_length(head_dim)
-    meta.add_value_length(head_dim)
+    gemma3.add_gemma_defaults(cfg, meta, context_length=8192)
     meta.add_attn_logit_softcapping(float(cfg.get("attn_logit_softcapping", default=50.0)))
     meta.add_final_logit_softcapping(float(cfg.get("final_logit_softcapping", default=30.0)))
     meta.add_sliding_window(int(cfg.get("sliding_window", default=4096)))

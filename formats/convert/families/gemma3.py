@@ -21,13 +21,18 @@ def _swa_flags(cfg: HFConfig) -> list[bool] | None:
     return [kind == "sliding_attention" for kind in layer_types]
 
 
-def add_hparams(cfg: HFConfig, meta: MetadataBuilder) -> None:
-    # Gemma's defaults where config.json omits a value (transformers' Gemma3TextConfig)
-    meta.add_context_length(int(cfg.get("max_position_embeddings", default=131072)))
+def add_gemma_defaults(cfg: HFConfig, meta: MetadataBuilder, context_length: int) -> None:
+    """What Gemma configs may leave out, with transformers' defaults: the context, the norm
+    epsilon and the head width (256)."""
+    meta.add_context_length(int(cfg.get("max_position_embeddings", default=context_length)))
     meta.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", default=1e-6)))
     head_dim = int(cfg.get("head_dim", default=256))
     meta.add_key_length(head_dim)
     meta.add_value_length(head_dim)
+
+
+def add_hparams(cfg: HFConfig, meta: MetadataBuilder) -> None:
+    add_gemma_defaults(cfg, meta, context_length=131072)   # Gemma3TextConfig's
     meta.add_rope_freq_base(float(cfg.rope_theta() or 1_000_000.0))
     if (theta_swa := cfg.rope_theta_swa()) is not None:
         meta.add_rope_freq_base_swa(theta_swa)
