@@ -163,6 +163,31 @@ def matvec_iq4_xs(out, w, x):
             out[r] = dot_xs_row(w[r], x, buf)
 
 
+@njit(cache=True, parallel=True, fastmath=DOT_FASTMATH)
+def matmul_rows_iq4_nl(out, w, x):
+    """out: f32[t, rows] <- x @ w.T (IQ4_NL), every row bit-identical to matvec_iq4_nl on its
+    token: the matvec's row dot for each token in turn, the weight row hot in cache."""
+    _check_shapes(out.shape[1], w, x.shape[1], NL_BLOCK, NL_BYTES)
+    rows = w.shape[0]
+    for task in prange((rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
+        buf = np.empty(XS_BLOCK, dtype=np.float32)
+        for r in range(task * _ROWS_PER_TASK, min(rows, (task + 1) * _ROWS_PER_TASK)):
+            for t in range(x.shape[0]):
+                out[t, r] = dot_nl_row(w[r], x[t], buf)
+
+
+@njit(cache=True, parallel=True, fastmath=DOT_FASTMATH)
+def matmul_rows_iq4_xs(out, w, x):
+    """As matmul_rows_iq4_nl, for IQ4_XS (matvec_iq4_xs's row dot)."""
+    _check_shapes(out.shape[1], w, x.shape[1], XS_BLOCK, XS_BYTES)
+    rows = w.shape[0]
+    for task in prange((rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
+        buf = np.empty(XS_BLOCK, dtype=np.float32)
+        for r in range(task * _ROWS_PER_TASK, min(rows, (task + 1) * _ROWS_PER_TASK)):
+            for t in range(x.shape[0]):
+                out[t, r] = dot_xs_row(w[r], x[t], buf)
+
+
 @njit(cache=True, inline="always", fastmath=DOT_FASTMATH)
 def dot_decoded_row(out, r, wrow, x):
     """out[t, r] = wrow . x[t] for every activation row t (wrow: decoded f32[n])."""
@@ -216,6 +241,8 @@ def matmul_iq4_xs(out, w, x):
 from .iquant_quantize import quantize_iq4_nl, quantize_iq4_xs  # noqa: E402
 
 register(QuantType(GGMLQuantizationType.IQ4_NL, dequantize=dequantize_iq4_nl,
-                   matvec=matvec_iq4_nl, matmul=matmul_iq4_nl, quantize=quantize_iq4_nl))
+                   matvec=matvec_iq4_nl, matmul=matmul_iq4_nl, quantize=quantize_iq4_nl,
+                   matmul_rows=matmul_rows_iq4_nl))
 register(QuantType(GGMLQuantizationType.IQ4_XS, dequantize=dequantize_iq4_xs,
-                   matvec=matvec_iq4_xs, matmul=matmul_iq4_xs, quantize=quantize_iq4_xs))
+                   matvec=matvec_iq4_xs, matmul=matmul_iq4_xs, quantize=quantize_iq4_xs,
+                   matmul_rows=matmul_rows_iq4_xs))

@@ -38,6 +38,12 @@ class QuantType:
     matmul_rows: Optional[Callable] = None
 
     @property
+    def row_exact_matmul(self) -> Callable:
+        """A matmul whose every row is bit-identical to matvec on its token: matmul where it
+        is batch-invariant, else matmul_rows (every registered type has one of the two)."""
+        return self.matmul if self.batch_invariant else self.matmul_rows
+
+    @property
     def block_size(self) -> int:
         return GGML_QUANT_SIZES[self.qtype][0]
 

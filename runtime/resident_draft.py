@@ -40,7 +40,7 @@ from gguf import quants as gguf_quants
 
 from ..quant import QTYPES
 from .backends.cpu import quant_type, row_shape
-from .backends.cpu_streaming import StreamingCpuBackend, row_chunks, streamed_matvecs
+from .backends.cpu_streaming import StreamingCpuBackend, row_chunks, streamed_matmul
 from .draft_counts import DraftCounts, KeptRate, expected_tokens, moving_average
 from .executor import Executor
 from .graph import Graph, Op
@@ -211,7 +211,7 @@ class ResidentDraft(DraftCounts):
         self.token_ids = np.asarray(token_ids, dtype=np.int64)
         self.row_type = draft_row_type(ref)
         self.head_rows = self._read_rows(backend, ref, self.token_ids, self.row_type)
-        self.matvec = quant_type(ref).matvec          # verification: the head's own kernel
+        self.matmul = quant_type(ref).row_exact_matmul   # verification: rows exactly decode's
         self.scores = np.empty(self.token_ids.shape[0], dtype=np.float32)
         self.max_draft = max_draft
         n_vocab, n_embd = int(ref.shape[0]), int(ref.shape[1])
@@ -271,9 +271,11 @@ class ResidentDraft(DraftCounts):
     def _bind_verify(self, k: int) -> list:
         ref = self.backend.tensors[self.head]
         _, row_bytes = row_shape(ref)
-        return [(streamed_matvecs, (*self.backend.stream_item(self.head, r0), self.matvec, self.logits[:k, r0:r1],
-                                     self.hidden[:k], (r1 - r0, row_bytes)))
-                for r0, r1 in row_chunks(ref)]
+        chunks = row_chunks(ref)
+        scratch = np.empty(k * max(r1 - r0 for r0, r1 in chunks), dtype=np.float32)  # a chunk's k rows
+        return [(streamed_matmul, (*self.backend.stream_item(self.head, r0), self.matmul, self.logits[:k, r0:r1],
+                                    self.hidden[:k], (r1 - r0, row_bytes), scratch))
+                for r0, r1 in chunks]
 
     def speculate(self, engine, token: int, k: int, history=()):
         """Run a round from `token` (appended to the cache with k - 1 drafts): (k drafts, their

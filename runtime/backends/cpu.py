@@ -171,17 +171,10 @@ def _bind_mul_mat(be: CpuBackend, node, out, srcs, t):
 
 
 def _bind_mul_mat_rows(be: CpuBackend, node, out, srcs):
-    """A matrix product whose every row is what matvec gives for it: the batched kernel where
-    the type is batch-invariant, else the type's row-exact matmul, else one matvec per token."""
+    """A matrix product whose every row is what matvec gives for it (QuantType.row_exact_matmul)."""
     name = node.weights[0]
-    w = be.rows(name)
     _, qt = be._qtype(name)
-    (x,) = srcs
-    if qt.batch_invariant:
-        return [(qt.matmul, (out, w, x))]
-    if qt.matmul_rows is not None:
-        return [(qt.matmul_rows, (out, w, x))]
-    return [(qt.matvec, (out[i], w, x[i])) for i in range(x.shape[0])]
+    return [(qt.row_exact_matmul, (out, be.rows(name), srcs[0]))]
 
 
 def _bind_rope(be: CpuBackend, node, out, srcs, t):

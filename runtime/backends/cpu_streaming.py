@@ -33,16 +33,7 @@ def _streamed_matvec(stream, item, kernel, out, x, shape):
     stream.release()
 
 
-def streamed_matvecs(stream, item, kernel, out, xs, shape):
-    """out (k, r) = xs (k, n) @ W[rows of item].T, one matvec per row of xs: each row exactly
-    what decode computes for it."""
-    w = stream.acquire(item).reshape(shape)
-    for j in range(xs.shape[0]):
-        kernel(out[j], w, xs[j])
-    stream.release()
-
-
-def _streamed_matmul(stream, item, kernel, out, x, shape, scratch):
+def streamed_matmul(stream, item, kernel, out, x, shape, scratch):
     """out (t, r) (a column block of the full output) = x @ W[rows of item].T, via `scratch`."""
     w = stream.acquire(item).reshape(shape)
     part = scratch[:x.shape[0] * shape[0]].reshape(x.shape[0], shape[0])
@@ -152,11 +143,9 @@ class StreamingCpuBackend(CpuBackend):
             (stream, item), shape = self.stream_item(name, r0), (r1 - r0, row_bytes)
             if x.shape[0] == 1:
                 calls.append((_streamed_matvec, (stream, item, qt.matvec, out[0, r0:r1], x[0], shape)))
-            elif row_exact and not qt.batch_invariant and qt.matmul_rows is None:
-                calls.append((streamed_matvecs, (stream, item, qt.matvec, out[:, r0:r1], x, shape)))
-            else:   # row-exact where asked: the batch-invariant matmul, or the type's matmul_rows
-                kernel = qt.matmul_rows if row_exact and not qt.batch_invariant else qt.matmul
-                calls.append((_streamed_matmul, (stream, item, kernel, out[:, r0:r1], x, shape, self._scratch)))
+            else:   # row-exact where asked: each row exactly what decode computes for it
+                kernel = qt.row_exact_matmul if row_exact else qt.matmul
+                calls.append((streamed_matmul, (stream, item, kernel, out[:, r0:r1], x, shape, self._scratch)))
         return calls
 
     def _bind_gathered_rows(self, name, out, ids, t):
