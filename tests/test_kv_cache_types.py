@@ -19,6 +19,7 @@ from lanternlm import cli
 from lanternlm.runtime.engine import Engine
 from lanternlm.runtime.kv_cache import CACHE_TYPES, KVCache, cache_type
 from lanternlm.runtime.model import Model
+from test_runtime_engine import tiny_model, write_model
 
 REFERENCE = Path(__file__).parent / "data" / "reference_kv_cache.json"
 
@@ -74,17 +75,15 @@ def test_cli_takes_llama_cpp_cache_flags(smollm2_path, capsys):
     assert "invalid choice: 'q5_1'" in capsys.readouterr().err
 
 
-def test_bad_cache_types_are_refused_with_their_names(tmp_path, smollm2_path):
+def test_bad_cache_types_are_refused_with_their_names(tmp_path):
     with pytest.raises(ValueError, match="unknown KV cache type 'q3'.*f32, f16, q8_0, q4_0"):
         cache_type("q3")
     with pytest.raises(ValueError, match="not a GGML type number"):
         cache_type(99)
     assert cache_type(2).name == "q4_0" and cache_type("Q8_0").name == "q8_0"
+    path = tmp_path / "tiny.gguf"
+    write_model(path, "llama", *tiny_model("llama"))          # heads of 16 values
     with pytest.raises(ValueError, match="multiple of 32; this model's is 16"):
-        from test_runtime_engine import tiny_model, write_model
-
-        path = tmp_path / "tiny.gguf"
-        write_model(path, "llama", *tiny_model("llama"))
         Engine.load(path, n_ctx=16, cache_type_k="q8_0")
 
 
