@@ -24,6 +24,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from numba import njit, prange
 
 from .float_bits import f16_at
+from .kernel_kit import specialize
 from .registry import QuantType, register
 
 f32 = np.float32
@@ -163,29 +164,22 @@ def matvec_iq4_xs(out, w, x):
             out[r] = dot_xs_row(w[r], x, buf)
 
 
-@njit(cache=True, parallel=True, fastmath=DOT_FASTMATH)
-def matmul_rows_iq4_nl(out, w, x):
-    """out: f32[t, rows] <- x @ w.T (IQ4_NL), every row bit-identical to matvec_iq4_nl on its
-    token: the matvec's row dot for each token in turn, the weight row hot in cache."""
-    _check_shapes(out.shape[1], w, x.shape[1], NL_BLOCK, NL_BYTES)
+def _matmul_rows(out, w, x):
+    """out: f32[t, rows] <- x @ w.T, every row bit-identical to the matvec on its token: the
+    matvec's row dot (ROW_DOT) for each token in turn, the weight row hot in cache."""
+    _check_shapes(out.shape[1], w, x.shape[1], BLOCK, BYTES)
     rows = w.shape[0]
     for task in prange((rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
         buf = np.empty(XS_BLOCK, dtype=np.float32)
         for r in range(task * _ROWS_PER_TASK, min(rows, (task + 1) * _ROWS_PER_TASK)):
             for t in range(x.shape[0]):
-                out[t, r] = dot_nl_row(w[r], x[t], buf)
+                out[t, r] = ROW_DOT(w[r], x[t], buf)
 
 
-@njit(cache=True, parallel=True, fastmath=DOT_FASTMATH)
-def matmul_rows_iq4_xs(out, w, x):
-    """As matmul_rows_iq4_nl, for IQ4_XS (matvec_iq4_xs's row dot)."""
-    _check_shapes(out.shape[1], w, x.shape[1], XS_BLOCK, XS_BYTES)
-    rows = w.shape[0]
-    for task in prange((rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
-        buf = np.empty(XS_BLOCK, dtype=np.float32)
-        for r in range(task * _ROWS_PER_TASK, min(rows, (task + 1) * _ROWS_PER_TASK)):
-            for t in range(x.shape[0]):
-                out[t, r] = dot_xs_row(w[r], x[t], buf)
+matmul_rows_iq4_nl = specialize(_matmul_rows, "matmul_rows_iq4_nl", fastmath=DOT_FASTMATH,
+                                BLOCK=NL_BLOCK, BYTES=NL_BYTES, ROW_DOT=dot_nl_row)
+matmul_rows_iq4_xs = specialize(_matmul_rows, "matmul_rows_iq4_xs", fastmath=DOT_FASTMATH,
+                                BLOCK=XS_BLOCK, BYTES=XS_BYTES, ROW_DOT=dot_xs_row)
 
 
 @njit(cache=True, inline="always", fastmath=DOT_FASTMATH)

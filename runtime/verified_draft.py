@@ -24,6 +24,7 @@ unless drafting could not pay even if every draft were kept).
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from typing import Sequence
 
 from .draft_counts import DraftCounts, KeptRate, expected_tokens, moving_average
@@ -31,7 +32,7 @@ from .draft_counts import DraftCounts, KeptRate, expected_tokens, moving_average
 MAX_DRAFT = 8
 
 
-class VerifiedDraft(DraftCounts):
+class VerifiedDraft(DraftCounts, ABC):
     """The engine's draft (Engine.draft) for proposers checked by Engine.verify; subclasses
     give `propose(history, k)`."""
 
@@ -49,9 +50,9 @@ class VerifiedDraft(DraftCounts):
         self.rate = KeptRate()
         self._rounds = 0
 
+    @abstractmethod
     def propose(self, history: Sequence[int], k: int) -> list[int]:
         """Up to k tokens to follow `history` (whose last token the target evaluates next)."""
-        raise NotImplementedError
 
     def _tokens_per_second(self, k: int, a: float | None = None) -> float:
         """Expected tokens per second drafting k (1: plain decode) at kept rate a (default:
