@@ -49,13 +49,14 @@ class ModelDraft(VerifiedDraft):
     kind = "model"
 
     def __init__(self, target, draft_path: str | os.PathLike, max_draft: int):
+        from ..formats.gguf import read_gguf
         from .engine import Engine
 
         super().__init__(max_draft)
-        draft = Engine.load(draft_path, n_ctx=target.n_ctx, threads=target.threads if target.governor is None else None,
-                            n_batch=target.n_batch, draft=False)
-        check_vocabularies(target.gguf.kv, draft.gguf.kv, os.path.basename(str(draft_path)))
-        self.engine = draft
+        draft_file = read_gguf(draft_path)   # the header: the vocabulary is checked before any loading
+        check_vocabularies(target.gguf.kv, draft_file.kv, os.path.basename(str(draft_path)))
+        self.engine = Engine(draft_file, n_ctx=target.n_ctx, threads=target.threads if target.governor is None else None,
+                             n_batch=target.n_batch, draft=False)
         self.n_vocab = target.cfg.n_vocab
         self.ids: list[int] = []        # the tokens in the draft engine's cache
 

@@ -37,7 +37,7 @@ class VerifiedDraft(DraftCounts, ABC):
     give `propose(history, k)`."""
 
     PROBE_EVERY = 8
-    # verify(k) / decode measured on qwen2.5-coder-0.5b, 2 cores: 1.03, 1.64, 2.47, 2.97 for
+    # verify(k) / decode measured on qwen2.5-coder-0.5b, 2 cores: 1.0, 1.3, 2.0, 3.2 for
     # k = 1, 2, 4, 8 (benchmarks/bench_speculative.py): about 1 + 0.3 (k - 1)
     VERIFY_SLOPE = 0.3
 

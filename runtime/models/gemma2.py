@@ -8,26 +8,19 @@ attention scale 1 / sqrt(head_dim), but 1 / sqrt(n_embd / n_head) for the 27B mo
 """
 from __future__ import annotations
 
-import math
-
-import numpy as np
-
-from .gemma3 import build  # noqa: F401  (the same forward; cfg.attn_qk_norm stays off)
+from .gemma3 import build, gemma_scales  # noqa: F401  (build: the same forward; cfg.attn_qk_norm stays off)
 
 
 def hparams(kv, fields: dict) -> dict:
     n_layer = fields["n_layer"]
     window = kv.int("attention.sliding_window", 0)
-    head_dim = fields["head_dim"] or fields["n_embd"] // fields["n_head"]
-    scale_dim = fields["n_embd"] // fields["n_head"] if n_layer == 46 else head_dim
     return dict(
         rope_neox=True,
         sliding_window=window,
         swa_layers=tuple(window > 0 and il % 2 == 0 for il in range(n_layer)),
         rope_base_swa=fields["rope_base"],
         rope_freq_scale_swa=fields["rope_freq_scale"],
-        attn_scale=1.0 / math.sqrt(scale_dim),
-        embd_scale=float(np.sqrt(np.float32(fields["n_embd"]))),
+        **gemma_scales(fields, big_model_layers=46),
         attn_logit_softcap=kv.float("attn_logit_softcapping", 50.0),
         final_logit_softcap=kv.float("final_logit_softcapping", 30.0),
     )

@@ -17,6 +17,15 @@ from .common import attention, lm_head, rope
 DEFAULT_SWA_PATTERN = 6  # five local layers, then one global, when the file does not say
 
 
+def gemma_scales(fields: dict, big_model_layers: int) -> dict:
+    """Gemma's attention and embedding scales. llama.cpp reads query_pre_attn_scalar as the
+    head width, except for the 27B model (`big_model_layers` layers), which scales by
+    n_embd / n_head; embeddings are multiplied by sqrt(n_embd), rounded to float32."""
+    head_dim = fields["head_dim"] or fields["n_embd"] // fields["n_head"]
+    scale_dim = fields["n_embd"] // fields["n_head"] if fields["n_layer"] == big_model_layers else head_dim
+    return dict(attn_scale=1.0 / math.sqrt(scale_dim), embd_scale=float(np.sqrt(np.float32(fields["n_embd"]))))
+
+
 def hparams(kv, fields: dict) -> dict:
     n_layer = fields["n_layer"]
     window = kv.int("attention.sliding_window", 0)
@@ -27,18 +36,13 @@ def hparams(kv, fields: dict) -> dict:
         swa_layers = pattern
     else:  # every `pattern`-th layer is global, the others local
         swa_layers = tuple(pattern == 0 or il % pattern < pattern - 1 for il in range(n_layer))
-    head_dim = fields["head_dim"] or fields["n_embd"] // fields["n_head"]
-    # llama.cpp's reading of query_pre_attn_scalar: head_dim, except the 27B model (62 layers),
-    # which scales by n_embd / n_head
-    scale_dim = fields["n_embd"] // fields["n_head"] if n_layer == 62 else head_dim
     return dict(
         rope_neox=True,
         attn_qk_norm=True,
         sliding_window=window,
         swa_layers=swa_layers,
         rope_base_swa=kv.float("rope.freq_base_swa", 10000.0),
-        attn_scale=1.0 / math.sqrt(scale_dim),
-        embd_scale=float(np.sqrt(np.float32(fields["n_embd"]))),
+        **gemma_scales(fields, big_model_layers=62),
     )
 
 
