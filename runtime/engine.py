@@ -67,6 +67,18 @@ class ContextBeyondTrainingWarning(UserWarning):
     """n_ctx is longer than the context the model was trained on (`<arch>.context_length`)."""
 
 
+def build_graph(cfg: ModelConfig, shapes, n_tokens: int, **flags) -> Graph:
+    """The architecture's forward pass over up to n_tokens tokens (Graph's flags), checked
+    against the file's tensor shapes."""
+    g = Graph(cfg.arch, shapes, n_tokens, **flags)
+    get_architecture(cfg.arch).module.build(g, cfg)
+    return g.finish()
+
+
+def tensor_shapes(gguf_file) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(int(d) for d in ref.shape) for name, ref in gguf_file.tensors.items()}
+
+
 class Engine:
     def __init__(self, gguf_file, n_ctx: int = 2048, threads: int | None = None, n_batch: int = 512,
                  backend: str = "cpu", device: str | None = None, weights: str | None = None,
@@ -91,7 +103,7 @@ class Engine:
         self.threads = self.governor.threads("decode") if self.governor else numba.get_num_threads()
 
         self._arch = get_architecture(self.cfg.arch)
-        self._shapes = {name: tuple(int(d) for d in ref.shape) for name, ref in gguf_file.tensors.items()}
+        self._shapes = tensor_shapes(gguf_file)
         # The graphs first: building them checks the file's tensors against its metadata, before
         # any memory is sized from that metadata.
         graphs = {"decode": self._build(1), "prefill": self._build(self.n_batch),
@@ -197,9 +209,8 @@ class Engine:
 
     def _build(self, n_tokens: int, all_logits: bool = False, embeddings: bool = False,
                row_exact: bool = False) -> Graph:
-        g = Graph(self.cfg.arch, self._shapes, n_tokens, all_logits, embeddings, row_exact)
-        self._arch.module.build(g, self.cfg)
-        return g.finish()
+        return build_graph(self.cfg, self._shapes, n_tokens, all_logits=all_logits, embeddings=embeddings,
+                           row_exact=row_exact)
 
     def _check_context(self, n_ctx: int, backend_cls, kv_types) -> None:
         """Refuse a KV cache larger than the memory left where the backend keeps it; warn about
@@ -294,7 +305,7 @@ class Engine:
                 else:
                     prog = self.executor.program("prefill", t)
                 prog.ids[:] = chunk
-                prog.pos[:] = np.arange(self.kv.n_past, self.kv.n_past + t)
+                prog.place(self.kv.n_past)
                 self._run(prog, "decode" if t == 1 else "prefill")
                 self.kv.n_past += t
                 logits = prog.logits
@@ -337,7 +348,7 @@ class Engine:
             prog = self._verify_programs[t] = self.executor.program("verify", t, out=self._verify_logits[:t])
         with kernel_section():
             prog.ids[:] = ids
-            prog.pos[:] = np.arange(self.kv.n_past, self.kv.n_past + t)
+            prog.place(self.kv.n_past)
             self._run(prog, "prefill")
             self.kv.n_past += t
         return self._verify_logits[:t]

@@ -31,13 +31,16 @@ class Op(enum.Enum):
                              #   row divided by its root mean square, then times w
     ROPE = "rope"            # srcs: (x, pos); params: head_dim, n_rot, base, freq_scale, neox,
                              #   freq_factors (a weight's name or None), yarn
-    ATTENTION = "attention"  # srcs: (q, k, v, pos); params: layer, n_head, n_head_kv, head_dim,
-                             #   head_dim_v, scale, window, softcap. Appends k, v to the layer's KV
-                             #   cache at `pos`, then causal softmax(c(q.k * scale)) @ v over the
-                             #   cache, c(s) = softcap * tanh(s / softcap) (c(s) = s if softcap is 0).
+    ATTENTION = "attention"  # srcs: (q, k, v, pos, seq, slots); params: layer, n_head, n_head_kv,
+                             #   head_dim, head_dim_v, scale, window, softcap. Writes k, v to the
+                             #   layer's KV cache at rows `slots`, then causal softmax(c(q.k * scale))
+                             #   @ v over the positions of each token's sequence `seq` (read through
+                             #   its block table, kv_cache.py), c(s) = softcap * tanh(s / softcap)
+                             #   (c(s) = s if softcap is 0).
     SWIGLU = "swiglu"        # srcs: (gate, up)                           -> silu(gate) * up
     GEGLU = "geglu"          # srcs: (gate, up)                           -> gelu_tanh(gate) * up
     LAST_ROW = "last_row"    # srcs: (x (T, n),)                          -> x[T-1:T]
+    SELECT_ROWS = "select_rows"  # srcs: (x (T, n), rows (R,))            -> x[rows] (R, n)
 
 
 # Ops whose output may overwrite their first source in place (every backend kernel for them
@@ -46,7 +49,7 @@ INPLACE_OPS = frozenset({Op.ADD, Op.ADD_BIAS, Op.SCALE, Op.SOFTCAP, Op.RMS_NORM,
 
 
 class Kind(enum.Enum):
-    INPUT = "input"            # token ids / positions, 1-D int arrays filled by the engine
+    INPUT = "input"            # token ids, positions, ...: 1-D int arrays filled by the engine
     ACTIVATION = "activation"  # float32 (rows, width) in the planner's arena
     EXTERNAL = "external"      # an every-row output (all logits, embeddings): written into the caller's array
 
@@ -57,8 +60,11 @@ class Tensor:
     width: int
     per_token: bool = True
     kind: Kind = Kind.ACTIVATION
+    selected: bool = False   # rows picked by SELECT_ROWS: as many as the program selects (<= T)
 
-    def rows(self, n_tokens: int) -> int:
+    def rows(self, n_tokens: int, n_selected: int | None = None) -> int:
+        if self.selected and n_selected is not None:
+            return n_selected
         return n_tokens if self.per_token else 1
 
     def __repr__(self) -> str:
@@ -116,10 +122,17 @@ class Graph:
     (`all_rows`) are written into a caller-supplied array (`Kind.EXTERNAL`). `row_exact` True:
     every token's row must be bit-identical to a one-token pass over it (verifying drafts), so
     backends run matrices whose batched kernel sums in another order one token at a time.
+    `selected_rows` True: the output rows are the tokens the `inp_out_rows` input lists (a
+    batch of several sequences: each one's last token), chosen when the program is bound.
+
+    Inputs, filled by the engine before each run: the tokens' ids, their positions in their
+    sequences, their sequences (rows of the KV cache's block tables) and the cache rows their
+    keys and values go to (for a cache holding one sequence: 0 and the positions).
     """
 
     def __init__(self, arch: str, weight_shapes: Mapping[str, tuple[int, ...]], n_tokens: int,
-                 all_logits: bool = False, embeddings: bool = False, row_exact: bool = False):
+                 all_logits: bool = False, embeddings: bool = False, row_exact: bool = False,
+                 selected_rows: bool = False):
         if n_tokens < 1:
             raise ValueError(f"a graph needs at least one token, got n_tokens={n_tokens}")
         self.arch = arch
@@ -128,14 +141,22 @@ class Graph:
         self.all_logits = all_logits
         self.embeddings = embeddings
         self.row_exact = row_exact
+        self.selected_rows = selected_rows and not (all_logits or embeddings)
         self.all_rows = all_logits or embeddings
         self.nodes: list[Node] = []
         self.ids = Tensor("inp_tokens", 1, kind=Kind.INPUT)  # (T,) token ids
         self.pos = Tensor("inp_pos", 1, kind=Kind.INPUT)     # (T,) positions in the sequence
+        self.seq = Tensor("inp_seq", 1, kind=Kind.INPUT)     # (T,) each token's sequence
+        self.slots = Tensor("inp_slots", 1, kind=Kind.INPUT)  # (T,) each token's KV cache row
+        self.out_rows = Tensor("inp_out_rows", 1, kind=Kind.INPUT, selected=True)  # (R,) selected rows
         self.output: Tensor | None = None
         self.missing: list[str] = []
         self.ffn_blocks: list[FFNBlock] = []
-        self._names: set[str] = {self.ids.name, self.pos.name}
+        self._names: set[str] = {t.name for t in self.inputs}
+
+    @property
+    def inputs(self) -> tuple[Tensor, ...]:
+        return self.ids, self.pos, self.seq, self.slots, self.out_rows
 
     # ---- weights ----------------------------------------------------------------------
     def has_weight(self, name: str) -> bool:
@@ -160,7 +181,7 @@ class Graph:
         self._names.add(name)
         if per_token is None:
             per_token = all(s.per_token for s in srcs)
-        out = Tensor(name, width, per_token)
+        out = Tensor(name, width, per_token, selected=any(s.selected for s in srcs))
         self.nodes.append(Node(op, out, tuple(srcs), tuple(weights), params))
         return out
 
@@ -183,7 +204,8 @@ class Graph:
         return self._node(Op.MUL_MAT, name or self._stem(weight), rows, (x,), (weight,))
 
     def add(self, a: Tensor, b: Tensor, name: str) -> Tensor:
-        self._check(a.width == b.width and a.per_token == b.per_token, f"cannot add {a} and {b}")
+        self._check(a.width == b.width and a.per_token == b.per_token and a.selected == b.selected,
+                    f"cannot add {a} and {b}")
         return self._node(Op.ADD, name, a.width, (a, b))
 
     def add_bias(self, x: Tensor, bias: str, name: str | None = None) -> Tensor:
@@ -237,7 +259,8 @@ class Graph:
         self._check(v.width == n_head_kv * head_dim_v,
                     f"{v} is not {n_head_kv} heads ({kv_heads}) of {head_dim_v} ({width_v})")
         self._check(n_head % n_head_kv == 0, f"{n_head} query heads do not share {n_head_kv} KV heads")
-        return self._node(Op.ATTENTION, name, n_head * head_dim_v, (q, k, v, self.pos), layer=layer,
+        return self._node(Op.ATTENTION, name, n_head * head_dim_v, (q, k, v, self.pos, self.seq, self.slots),
+                          layer=layer,
                           n_head=n_head, n_head_kv=n_head_kv, head_dim=head_dim, head_dim_v=head_dim_v,
                           scale=float(scale), window=int(window), softcap=float(softcap))
 
@@ -266,11 +289,13 @@ class Graph:
         return out
 
     def output_rows(self, x: Tensor) -> Tensor:
-        """The rows whose output is wanted: all of them, or just the last token's. Models call it
-        as early as possible (after the last layer's attention, as llama.cpp does): every later
-        op then runs on one row."""
-        if self.all_rows or not x.per_token:
+        """The rows whose output is wanted: all of them, the last token's, or (selected_rows)
+        those `inp_out_rows` lists. Models call it as early as possible (after the last layer's
+        attention, as llama.cpp does): every later op then runs on those rows."""
+        if self.all_rows or not x.per_token or x.selected:
             return x
+        if self.selected_rows:
+            return self._node(Op.SELECT_ROWS, f"{x.name}.selected", x.width, (x, self.out_rows))
         return self._node(Op.LAST_ROW, f"{x.name}.last", x.width, (x,), per_token=False)
 
     def set_output(self, out: Tensor) -> None:

@@ -21,7 +21,15 @@ undoes it (H is its own inverse). Keys rotate in the largest power-of-two block 
 head size, values in blocks of 64 (llama.cpp's choices); a head size not a multiple of 64 is
 not rotated.
 
-Entries are written at their position by the ATTENTION op; `n_past` says how many are valid,
+The rows are a pool of blocks of BLOCK_SIZE rows (vLLM's paged attention): a sequence's
+positions live in the blocks its row of `tables` lists, in order, so position j is row
+tables[s, j // BLOCK_SIZE] * BLOCK_SIZE + j % BLOCK_SIZE. The attention kernels always read
+through a block table. The engine's cache holds one sequence whose table is the identity
+(position j is row j), which the rest of the runtime relies on (truncation, context shift,
+drafts); the server's pool holds many sequences and shares blocks between them
+(runtime/paged_kv.py).
+
+Entries are written at their row by the ATTENTION op; `n_past` says how many are valid,
 so truncating is just lowering it (later tokens overwrite the stale entries). Sliding-window
 layers keep the full length too and mask by position: simpler than a ring buffer, and their
 memory is what the global layers need anyway.
@@ -85,6 +93,15 @@ def row_width(cache) -> int:
     return int(cache.shape[2]) * (32 if blocked else 1)
 
 
+BLOCK_SHIFT = 5
+BLOCK_SIZE = 1 << BLOCK_SHIFT   # rows per block: 32, as vLLM's largest CPU default
+
+
+def blocks_for(n_tokens: int) -> int:
+    """Blocks that hold n_tokens rows."""
+    return -(-n_tokens // BLOCK_SIZE)
+
+
 def rotation_block(kind: CacheType, width: int, keys: bool) -> int:
     """The Walsh-Hadamard block a cache of `kind` rotates its `width`-value rows in; 0: none."""
     if kind.block == 1 or width % 64:
@@ -98,9 +115,16 @@ def rotation_block(kind: CacheType, width: int, keys: bool) -> int:
 
 
 class KVCache:
+    """Per layer k (n_head_kv, rows, row) and v (n_head_kv, rows, row_v) arrays, rows = n_blocks
+    blocks of BLOCK_SIZE, and `tables`: int32 (n_seqs, blocks_for(n_ctx)) block tables.
+
+    n_ctx: the positions one sequence may hold (the rope tables and the attention scratch are
+    sized by it); n_blocks: the pool (default: one sequence of n_ctx, with the identity table
+    in row 0); n_seqs: the table rows (sequences in one batch)."""
+
     def __init__(self, n_layer: int, n_ctx: int, n_head_kv: int, head_dim: int, head_dim_v: int,
                  zeros: Callable = np.zeros, k_type: CacheType = CACHE_TYPES["f32"],
-                 v_type: CacheType | None = None):
+                 v_type: CacheType | None = None, n_blocks: int | None = None, n_seqs: int = 1):
         if n_ctx < 1:
             raise ValueError(f"n_ctx must be at least 1, got {n_ctx}")
         v_type = v_type or k_type
@@ -108,23 +132,35 @@ class KVCache:
         self.k_type, self.v_type = k_type, v_type
         self.k_rotation = rotation_block(k_type, head_dim, keys=True)
         self.v_rotation = rotation_block(v_type, head_dim_v, keys=False)
-        k_shape = (n_head_kv, n_ctx, k_type.elements(head_dim))
-        v_shape = (n_head_kv, n_ctx, v_type.elements(head_dim_v))
+        per_seq = blocks_for(n_ctx)
+        self.n_blocks = per_seq if n_blocks is None else n_blocks
+        if self.n_blocks < 1:
+            raise ValueError(f"a KV pool needs at least one block, got {self.n_blocks}")
+        rows = self.n_blocks * BLOCK_SIZE
+        k_shape = (n_head_kv, rows, k_type.elements(head_dim))
+        v_shape = (n_head_kv, rows, v_type.elements(head_dim_v))
         self.k = [zeros(k_shape, dtype=k_type.dtype) for _ in range(n_layer)]
         self.v = [zeros(v_shape, dtype=v_type.dtype) for _ in range(n_layer)]
+        self.tables = np.zeros((n_seqs, per_seq), dtype=np.int32)
+        if n_blocks is None:
+            self.tables[0] = np.arange(per_seq, dtype=np.int32)
         self.n_past = 0
 
     @classmethod
     def for_config(cls, cfg, n_ctx: int, zeros: Callable = np.zeros, k_type: CacheType = CACHE_TYPES["f32"],
-                   v_type: CacheType | None = None) -> KVCache:
-        return cls(cfg.n_layer, n_ctx, cfg.n_head_kv, cfg.head_dim, cfg.head_dim_v, zeros, k_type, v_type)
+                   v_type: CacheType | None = None, n_blocks: int | None = None, n_seqs: int = 1) -> KVCache:
+        return cls(cfg.n_layer, n_ctx, cfg.n_head_kv, cfg.head_dim, cfg.head_dim_v, zeros, k_type, v_type,
+                   n_blocks, n_seqs)
 
     @staticmethod
-    def nbytes_for(cfg, n_ctx: int, k_type: CacheType = CACHE_TYPES["f32"], v_type: CacheType | None = None) -> int:
-        """What `for_config(cfg, n_ctx, k_type=..., v_type=...)` will allocate, in bytes."""
+    def bytes_per_token(cfg, k_type: CacheType = CACHE_TYPES["f32"], v_type: CacheType | None = None) -> int:
         v_type = v_type or k_type
-        per_token = cfg.n_layer * cfg.n_head_kv * (k_type.row_bytes(cfg.head_dim) + v_type.row_bytes(cfg.head_dim_v))
-        return per_token * n_ctx
+        return cfg.n_layer * cfg.n_head_kv * (k_type.row_bytes(cfg.head_dim) + v_type.row_bytes(cfg.head_dim_v))
+
+    @classmethod
+    def nbytes_for(cls, cfg, n_ctx: int, k_type: CacheType = CACHE_TYPES["f32"], v_type: CacheType | None = None) -> int:
+        """What `for_config(cfg, n_ctx, k_type=..., v_type=...)` will allocate, in bytes."""
+        return cls.bytes_per_token(cfg, k_type, v_type) * blocks_for(n_ctx) * BLOCK_SIZE
 
     @property
     def nbytes(self) -> int:

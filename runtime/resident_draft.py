@@ -284,7 +284,7 @@ class ResidentDraft(DraftCounts):
         start = time.perf_counter()
         for j in range(k):
             prog.ids[0] = drafts[-1] if drafts else token
-            prog.pos[0] = engine.kv.n_past + j
+            prog.place(engine.kv.n_past + j)
             engine._run(prog, "decode")
             drafts.append(self.guess(j))
         drafted = time.perf_counter()

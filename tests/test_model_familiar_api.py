@@ -219,7 +219,7 @@ def final_norm(model):
     eng.reset()
     prog = eng.executor.program("prefill_all", len(ids), out=logits)
     prog.ids[:] = ids
-    prog.pos[:] = np.arange(len(ids))
+    prog.place(0)
     prog.run()
     hidden = prog.views["result_norm"].copy()
     model.reset()

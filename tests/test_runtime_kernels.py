@@ -145,6 +145,11 @@ def attention_reference(q, k_all, v_all, pos, n_head, n_head_kv, scale, window, 
     return out
 
 
+def one_sequence(pos):
+    """(seq, tables, shift) for a cache holding one sequence in order: the identity table."""
+    return np.zeros(len(pos), np.int64), np.arange(4, dtype=np.int32)[None], 5
+
+
 @pytest.mark.parametrize("softcap", [0.0, 2.0])
 @pytest.mark.parametrize("window", [0, 5])
 @pytest.mark.parametrize("driver", ["serial", "parallel"])
@@ -162,9 +167,44 @@ def test_attention_gqa_causal_chunk_after_cache(window, driver, softcap):
     kc[:, n_past + t:] = 1e6  # stale entries past the sequence must never be read
     out = np.empty((t, n_head * dv), np.float32)
     fn = K.attention if driver == "serial" else K.attention_parallel
-    fn(out, q, kc, vc, pos, np.float32(0.25), window, K.attention_scratch(kc), 0, 0, softcap)
+    fn(out, q, kc, vc, pos, *one_sequence(pos), np.float32(0.25), window, K.attention_scratch(kc, n_ctx), 0, 0, softcap)
     want = attention_reference(q, k_all, v_all, pos, n_head, n_head_kv, 0.25, window, softcap)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("driver", ["serial", "parallel"])
+def test_paged_attention_reads_each_sequence_through_its_block_table(driver):
+    """Two sequences in one pool of 4-row blocks, scattered and interleaved; one batch holds a
+    decode token of the first and a prefill chunk of the second: every query attends to its
+    own sequence only, as if that sequence were alone in a contiguous cache."""
+    n_head, n_head_kv, dk, dv, shift = 4, 2, 16, 8, 2
+    lengths = (11, 7)
+    tables = np.array([[5, 0, 7, 0], [2, 6, 1, 0]], np.int32)   # blocks of each sequence, in order
+    kc = np.full((n_head_kv, 8 << shift, dk), 1e6, np.float32)  # rows no table lists must never be read
+    vc = np.full((n_head_kv, 8 << shift, dv), 1e6, np.float32)
+    k_all = [randn(n, n_head_kv * dk) for n in lengths]
+    v_all = [randn(n, n_head_kv * dv) for n in lengths]
+
+    def rows(s, positions):
+        return (tables[s, positions >> shift].astype(np.int64) << shift) | (positions & ((1 << shift) - 1))
+
+    # the cache already holds sequence 0's first 10 tokens and sequence 1's first 3
+    for s, n in ((0, 10), (1, 3)):
+        K.kv_store(kc, vc, k_all[s][:n], v_all[s][:n], rows(s, np.arange(n)), 0, 0)
+    seq = np.array([0, 1, 1, 1, 1], np.int64)
+    pos = np.array([10, 3, 4, 5, 6], np.int64)
+    k_new = np.stack([k_all[s][p] for s, p in zip(seq, pos)])
+    v_new = np.stack([v_all[s][p] for s, p in zip(seq, pos)])
+    slots = np.array([rows(s, np.array([p]))[0] for s, p in zip(seq, pos)])
+    K.kv_store(kc, vc, k_new, v_new, slots, 0, 0)
+    q = randn(5, n_head * dk)
+    out = np.empty((5, n_head * dv), np.float32)
+    fn = K.attention if driver == "serial" else K.attention_parallel
+    fn(out, q, kc, vc, pos, seq, tables, shift, np.float32(0.25), 0, K.attention_scratch(kc, 16), 0, 0, 0.0)
+    for s in (0, 1):
+        mine = seq == s
+        want = attention_reference(q[mine], k_all[s], v_all[s], pos[mine], n_head, n_head_kv, 0.25, 0)
+        np.testing.assert_allclose(out[mine], want, rtol=1e-5, atol=1e-5)
 
 
 def half(a):
@@ -192,7 +232,7 @@ def test_attention_f16_cache_rounds_keys_values_and_query_like_llama_cpp(window,
                                   half(v_all).astype(np.float16).view(np.uint16))
     out = np.empty((4, n_head * dv), np.float32)
     fn = K.attention if driver == "serial" else K.attention_parallel
-    fn(out, q, kc, vc, pos, np.float32(0.25), window, K.attention_scratch(kc), 0, 0, 0.0)
+    fn(out, q, kc, vc, pos, *one_sequence(pos), np.float32(0.25), window, K.attention_scratch(kc, n_ctx), 0, 0, 0.0)
     want = attention_reference(half(q), half(k_all), half(v_all), pos, n_head, n_head_kv, 0.25, window)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
     # unrounded queries give a different answer: the rounding is really there
@@ -268,7 +308,7 @@ def test_attention_on_a_quantized_cache_reads_gguf_py_blocks(k_type, v_type, dri
     q_operand = q8_0_query(q_rotated, dk) if kt.block > 1 else half(q)
     out = np.empty((4, n_head * dv), np.float32)
     fn = K.attention if driver == "serial" else K.attention_parallel
-    fn(out, q, kc, vc, pos, np.float32(0.125), 0, K.attention_scratch(kc), k_rot, v_rot, 0.0)
+    fn(out, q, kc, vc, pos, *one_sequence(pos), np.float32(0.125), 0, K.attention_scratch(kc, n_ctx), k_rot, v_rot, 0.0)
     want = attention_reference(q_operand, k_held, v_held, pos, n_head, n_head_kv, 0.125, 0)
     if v_rot:
         want = hadamard_reference(want, v_rot)
@@ -285,7 +325,9 @@ def test_attention_single_key_returns_its_value():
     K.kv_store(kc, vc, np.array([[1.0, 2.0, 3.0]], np.float32), np.array([[5.0, -7.0]], np.float32),
                np.array([0]), 0, 0)
     out = np.empty((1, 4), np.float32)
-    K.attention(out, randn(1, 6, scale=50.0), kc, vc, np.array([0]), np.float32(1.0), 0, K.attention_scratch(kc), 0, 0, 0.0)
+    pos = np.array([0])
+    K.attention(out, randn(1, 6, scale=50.0), kc, vc, pos, *one_sequence(pos), np.float32(1.0), 0,
+                K.attention_scratch(kc, 4), 0, 0, 0.0)
     np.testing.assert_array_equal(out, [[5.0, -7.0, 5.0, -7.0]])
 
 

@@ -16,7 +16,7 @@ from gguf import GGMLQuantizationType
 
 from ...quant import QTYPES
 from ..graph import Node, Op
-from ..kv_cache import CacheType, KVCache, row_width
+from ..kv_cache import BLOCK_SHIFT, CacheType, KVCache, row_width
 from ..memory_limits import AvailableMemory, available_memory
 from . import activations as A
 from . import cpu_kernels as K
@@ -43,11 +43,17 @@ def _get_rows(table, ids, gathered, dequantize, out_flat, gathered_flat):
     dequantize(out_flat, gathered_flat)
 
 
-def _attention_one_query(out, q, k_cache, v_cache, pos, scale, window, scratch, k_rot, v_rot, cap):
+def _attention_one_query(out, q, k_cache, v_cache, pos, *rest):
     """Decode-time attention: serial while the context is short, parallel over heads after."""
+    window = rest[4]
     keys = pos[0] + 1 if window <= 0 else min(pos[0] + 1, window)
     fn = K.attention_parallel if keys >= ATTENTION_PARALLEL_MIN_KEYS else K.attention
-    fn(out, q, k_cache, v_cache, pos, scale, window, scratch, k_rot, v_rot, cap)
+    fn(out, q, k_cache, v_cache, pos, *rest)
+
+
+def _select_rows(out, x, rows):
+    """out = x[rows]: f32 (R, n) from f32 (T, n) and int64 (R,)."""
+    np.take(x, rows, axis=0, out=out)
 
 
 def quant_type(ref):
@@ -139,7 +145,7 @@ class CpuBackend:
         layer and program (the ops run one at a time)."""
         key = k_cache.shape[1:]
         if key not in self._attention_scratch:
-            self._attention_scratch[key] = K.attention_scratch(k_cache)
+            self._attention_scratch[key] = K.attention_scratch(k_cache, self.kv.n_ctx)
         return self._attention_scratch[key]
 
     # ---- binding ---------------------------------------------------------------------------
@@ -196,13 +202,13 @@ def layer_cache(kv: KVCache, params: Mapping):
 
 def _bind_attention(be: CpuBackend, node, out, srcs, t):
     p = node.params
-    q, k, v, pos = srcs
+    q, k, v, pos, seq, slots = srcs
     kc, vc = layer_cache(be.kv, p)
     attend = K.attention_parallel if t > 1 else _attention_one_query
     rot = (be.kv.k_rotation, be.kv.v_rotation)
-    return [(K.kv_store, (kc, vc, k, v, pos, *rot)),
-            (attend, (out, q, kc, vc, pos, np.float32(p["scale"]), p["window"], be.attention_scratch(kc), *rot,
-                      np.float32(p["softcap"])))]
+    return [(K.kv_store, (kc, vc, k, v, slots, *rot)),
+            (attend, (out, q, kc, vc, pos, seq, be.kv.tables, BLOCK_SHIFT, np.float32(p["scale"]), p["window"],
+                      be.attention_scratch(kc), *rot, np.float32(p["softcap"])))]
 
 
 _BINDERS: dict[Op, Callable] = {
@@ -219,4 +225,5 @@ _BINDERS: dict[Op, Callable] = {
     Op.SWIGLU: lambda be, node, out, srcs, t: [(A.swiglu_rows if t > 1 else A.swiglu, (out, *srcs))],
     Op.GEGLU: lambda be, node, out, srcs, t: [(A.geglu_rows if t > 1 else A.geglu, (out, *srcs, A.GELU_TABLE))],
     Op.LAST_ROW: lambda be, node, out, srcs, t: [(K.last_row, (out, srcs[0]))],
+    Op.SELECT_ROWS: lambda be, node, out, srcs, t: [(_select_rows, (out, *srcs))],
 }

@@ -149,19 +149,20 @@ def last_row(out, x):
 
 
 @njit(cache=True)
-def kv_store(k_cache, v_cache, k, v, pos, k_rot, v_rot):
-    """Write each token's keys and values at its position, in the cache's type, each head row
+def kv_store(k_cache, v_cache, k, v, slots, k_rot, v_rot):
+    """Write each token's keys and values at its cache row, in the cache's type, each head row
     rotated first in blocks of k_rot / v_rot values (kv_rows.hadamard; 0: not rotated).
 
-    k_cache: (n_head_kv, n_ctx, row) of any cache type; v_cache: (n_head_kv, n_ctx, row_v);
-    k: f32 (T, n_head_kv * head_dim); v: f32 (T, n_head_kv * head_dim_v); pos: int64 (T,).
+    k_cache: (n_head_kv, rows, row) of any cache type; v_cache: (n_head_kv, rows, row_v);
+    k: f32 (T, n_head_kv * head_dim); v: f32 (T, n_head_kv * head_dim_v); slots: int64 (T,),
+    each token's cache row (its position, in a cache holding one sequence in order).
     """
     dk = row_width(k_cache)
     dv = row_width(v_cache)
     codes = np.empty(32, dtype=np.int64)
     row = np.empty(max(dk, dv), dtype=np.float32)
     for t in range(k.shape[0]):
-        p = pos[t]
+        p = slots[t]
         for h in range(k_cache.shape[0]):
             row[:dk] = k[t, h * dk:(h + 1) * dk]
             hadamard(row[:dk], k_rot)
@@ -171,12 +172,12 @@ def kv_store(k_cache, v_cache, k, v, pos, k_rot, v_rot):
             put_row(v_cache[h, p], row[:dv], codes)
 
 
-def attention_scratch(k_cache, threads: int = 0) -> np.ndarray:
-    """The work rows `attention` needs, one per Numba thread (all of them by default), each
-    holding one query head as the keys meet it and its scores while in use:
-    f32 (threads, _work_size(head_dim) + n_ctx)."""
+def attention_scratch(k_cache, n_positions: int, threads: int = 0) -> np.ndarray:
+    """The work rows `attention` needs for sequences of up to `n_positions` tokens, one per
+    Numba thread (all of them by default), each holding one query head as the keys meet it and
+    its scores while in use: f32 (threads, _work_size(head_dim) + n_positions)."""
     rows = threads or numba.config.NUMBA_NUM_THREADS
-    return np.empty((rows, _work_size(row_width_of(k_cache)) + k_cache.shape[1]), dtype=np.float32)
+    return np.empty((rows, _work_size(row_width_of(k_cache)) + n_positions), dtype=np.float32)
 
 
 @njit(cache=True)
@@ -185,16 +186,23 @@ def _work_size(dk):
     return dk + dk // 32 + (dk + 3) // 4
 
 
+@njit(cache=True, inline="always")
+def _slot(table, j, shift):
+    """The cache row of position j in a sequence whose blocks of 2**shift rows are `table`."""
+    return (np.int64(table[j >> shift]) << shift) | (j & ((np.int64(1) << shift) - 1))
+
+
 @njit(cache=True, fastmath=_FAST)
-def _attend(out, q, k_cache, v_cache, work, t, h, p, scale, window, k_rot, v_rot, cap):
+def _attend(out, q, k_cache, v_cache, work, t, h, p, table, shift, scale, window, k_rot, v_rot, cap):
     """out[t, head h] = sum over visible keys j of softmax_j(c(q . k_j * scale)) * v_j, with
     c(s) = cap * tanh(s / cap) where cap > 0 (Gemma 2's soft-capped scores), else s.
 
-    Visible: j <= p (causal) and p - j < window when window > 0. work: f32, this thread's row
-    of the scratch: the query head as the keys meet it (rotated like them, then
-    kv_rows.query_operand), then the scores. A rotated value cache's output is rotated back.
-    The softmax is taken over the stored scores (max, exp, sum in float64, scale by 1/sum) as
-    ggml's soft_max does.
+    Visible: j <= p (causal) and p - j < window when window > 0. Position j's key and value are
+    at cache row _slot(table, j, shift): the sequence's block table (kv_cache.py). work: f32,
+    this thread's row of the scratch: the query head as the keys meet it (rotated like them,
+    then kv_rows.query_operand), then the scores. A rotated value cache's output is rotated
+    back. The softmax is taken over the stored scores (max, exp, sum in float64, scale by
+    1/sum) as ggml's soft_max does.
     """
     dk = row_width(k_cache)
     dv = row_width(v_cache)
@@ -213,7 +221,7 @@ def _attend(out, q, k_cache, v_cache, work, t, h, p, scale, window, k_rot, v_rot
     values = v_cache[kvh]
     m = _NEG_BIG
     for i in range(n):
-        s = dot_row(qh, qd, qi, keys[lo + i]) * scale
+        s = dot_row(qh, qd, qi, keys[_slot(table, lo + i, shift)]) * scale
         if cap > 0:
             s = np.float32(np.tanh(s / cap)) * cap
         scores[i] = s
@@ -228,17 +236,19 @@ def _attend(out, q, k_cache, v_cache, work, t, h, p, scale, window, k_rot, v_rot
     acc = out[t, h * dv:(h + 1) * dv]
     acc[:] = 0.0
     for i in range(n):
-        add_row(acc, scores[i] * inv, values[lo + i])
+        add_row(acc, scores[i] * inv, values[_slot(table, lo + i, shift)])
     hadamard(acc, v_rot)
 
 
 @njit(cache=True)
-def attention(out, q, k_cache, v_cache, pos, scale, window, scratch, k_rot, v_rot, cap):
+def attention(out, q, k_cache, v_cache, pos, seq, tables, shift, scale, window, scratch, k_rot, v_rot, cap):
     """Causal multi-head attention of T queries over the cache (serial driver).
 
     out: f32 (T, n_head * head_dim_v); q: f32 (T, n_head * head_dim);
-    k_cache, v_cache: (n_head_kv, n_ctx, row) of any cache type, already holding these tokens'
-    keys; pos: int64 (T,) query positions; scale: f32; window: int (0 = unlimited);
+    k_cache, v_cache: (n_head_kv, rows, row) of any cache type, already holding these tokens'
+    keys; pos: int64 (T,) query positions in their sequences; seq: int64 (T,) each query's
+    sequence, a row of tables: int32 (sequences, blocks), the cache blocks (of 2**shift rows)
+    holding its positions in order (kv_cache.py); scale: f32; window: int (0 = unlimited);
     scratch: from `attention_scratch` (row 0 is used); k_rot, v_rot: the cache's rotation
     blocks (kv_cache.rotation_block; 0: none); cap: the scores' soft cap (0: none).
     """
@@ -246,15 +256,17 @@ def attention(out, q, k_cache, v_cache, pos, scale, window, scratch, k_rot, v_ro
     s32 = np.float32(scale)
     for t in range(q.shape[0]):
         for h in range(n_head):
-            _attend(out, q, k_cache, v_cache, scratch[0], t, h, pos[t], s32, window, k_rot, v_rot, np.float32(cap))
+            _attend(out, q, k_cache, v_cache, scratch[0], t, h, pos[t], tables[seq[t]], shift, s32, window,
+                    k_rot, v_rot, np.float32(cap))
 
 
 @njit(cache=True, parallel=True)
-def attention_parallel(out, q, k_cache, v_cache, pos, scale, window, scratch, k_rot, v_rot, cap):
+def attention_parallel(out, q, k_cache, v_cache, pos, seq, tables, shift, scale, window, scratch, k_rot, v_rot,
+                       cap):
     """As `attention`, one (token, head) pair per parallel task, each thread on its scratch row."""
     n_head = q.shape[1] // row_width(k_cache)
     s32 = np.float32(scale)
     for item in prange(q.shape[0] * n_head):
         t = item // n_head
         _attend(out, q, k_cache, v_cache, scratch[numba.get_thread_id()], t, item - t * n_head,
-                pos[t], s32, window, k_rot, v_rot, np.float32(cap))
+                pos[t], tables[seq[t]], shift, s32, window, k_rot, v_rot, np.float32(cap))

@@ -455,7 +455,7 @@ def _bind_rope(be: TorchBackend, node, out, srcs, t):
 
 def _bind_attention(be: TorchBackend, node, out, srcs, t):
     p = node.params
-    q, k, v, pos = srcs
+    q, k, v, pos = srcs[:4]   # one sequence in the identity table: its cache rows are its positions
     kc, vc = layer_cache(be.kv, p)
     gqa = p["n_head"] // p["n_head_kv"]
     return [(_attention, (out, q, k, v, pos, kc, vc, gqa, p["scale"], p["window"], p["softcap"]))]
