@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("lanternlm.runtime.chat_cli", "chat with a model in the terminal (default: smollm2-135m-instruct)"),
     "run": ("lanternlm.runtime.run_cli", "generate a continuation of a prompt, streamed to stdout"),
     "bench": ("lanternlm.runtime.bench_cli", "prefill and decode speed, load time and memory (llama-bench style)"),
+    "serve": ("lanternlm.serve.cli", "an OpenAI-compatible HTTP server with continuous batching"),
     "perplexity": ("lanternlm.runtime.perplexity", "perplexity (and KL divergence to a base model) on a text"),
     "offload": ("lanternlm.runtime.offload_plan", "build an offload plan: which FFN neurons a token needs, "
                                                   "for models larger than RAM"),

@@ -362,33 +362,44 @@ def stream_generate(context: KVContext, tokenizer, prompt_ids: Sequence[int], sa
     """
     _check_max_tokens(max_tokens)
     context.check_prompt(prompt_ids)          # fail here, not at the first next()
-    matcher = StopStringMatcher(stop)
+    texts = TextStream(tokenizer, stop)
     end_ids = frozenset(tokenizer.eot_ids if stop_ids is None else stop_ids)
-    return _stream_generate(context, tokenizer, prompt_ids, sampler, max_tokens, matcher, end_ids, context_shift)
+    return _stream_generate(context, prompt_ids, sampler, max_tokens, texts, end_ids, context_shift)
 
 
-def _stream_generate(context, tokenizer, prompt_ids, sampler, max_tokens, matcher, end_ids, context_shift):
+class TextStream:
+    """Generated tokens in, text out: decoded incrementally (a character split over tokens
+    waits for its last byte) and cut at the first stop string, which is never emitted."""
+
+    def __init__(self, tokenizer, stop: Iterable[str] = ()):
+        self.matcher = StopStringMatcher(stop)
+        self.decoder = tokenizer.decoder()
+
+    def add(self, token: int) -> tuple[str, bool]:
+        """(text safe to emit now, whether a stop string ended the text)."""
+        return self.matcher.feed(self.decoder.add(token))
+
+    def close(self) -> tuple[str, bool]:
+        """The text still pending once generation ended, cut at a stop string if any."""
+        text, stopped = self.matcher.feed(self.decoder.flush())
+        return (text if stopped else text + self.matcher.flush()), stopped
+
+
+def _stream_generate(context, prompt_ids, sampler, max_tokens, texts: TextStream, end_ids, context_shift):
     stats = GenerationStats()
-    decoder = tokenizer.decoder()
     steps = generate_step(context, prompt_ids, sampler, max_tokens, stats, context_shift)
     try:
         for token in steps:
             if token in end_ids:
-                yield GenerationChunk(_closing_text(matcher, decoder)[0], None, "stop", stats)
+                yield GenerationChunk(texts.close()[0], None, "stop", stats)
                 return
             stats.completion_tokens += 1
-            text, stopped = matcher.feed(decoder.add(token))
+            text, stopped = texts.add(token)
             if stopped:
                 yield GenerationChunk(text, token, "stop", stats)
                 return
             yield GenerationChunk(text, token, None, stats)
     finally:
         steps.close()
-    text, stopped = _closing_text(matcher, decoder)
+    text, stopped = texts.close()
     yield GenerationChunk(text, None, "stop" if stopped else "length", stats)
-
-
-def _closing_text(matcher: StopStringMatcher, decoder) -> tuple[str, bool]:
-    """The text still pending in the decoder and the matcher, cut at a stop string if any."""
-    text, stopped = matcher.feed(decoder.flush())
-    return (text if stopped else text + matcher.flush()), stopped

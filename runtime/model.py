@@ -35,9 +35,10 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..formats.catalog import resolve
-from ..formats.chat_template import chat_template_for, prompt_render_limits, render_chat
+from ..formats.chat_template import chat_template_for
 from . import openai_shapes as shapes
 from .backends import get_backend
+from .chat_prompt import ChatPrompt
 from .embedding import choose_pooling, pool, pooling_name
 from .constraints import Grammar, constrain, grammar_argument, response_format_grammar
 from .engine import Engine
@@ -45,35 +46,6 @@ from .generate import GenerationChunk, KVContext, generation_summary, stream_gen
 from .sampling import SamplerFn, sampler_for
 
 DEFAULT_MAX_TOKENS = 128
-
-
-def _message_text(content: Any, where: str) -> str:
-    """A message's content as text: a string, or OpenAI content parts [{"type": "text", "text":
-    ...}, ...] joined by newlines (as llama.cpp's server does for templates that take text)."""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, Sequence) or isinstance(content, (bytes, bytearray)):
-        raise ValueError(f"{where} must be a dict with a string 'role' and a 'content' that is a string "
-                         f"or a list of text parts, got content {content!r}")
-    texts = []
-    for j, part in enumerate(content):
-        if not (isinstance(part, Mapping) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-            kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
-            raise ValueError(f"{where} content part {j}: only {{'type': 'text', 'text': str}} parts "
-                             f"are supported, got {kind!r}")
-        texts.append(part["text"])
-    return "\n".join(texts)
-
-
-def _check_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
-        raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
-    checked = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
-            raise ValueError(f"messages[{i}] must be a dict with string 'role' and 'content', got {m!r}")
-        checked.append({**m, "content": _message_text(m.get("content"), f"messages[{i}]")})
-    return checked
 
 
 class Model:
@@ -133,6 +105,7 @@ class Model:
         self.tokenizer = self.engine.tokenizer
         self.name = str(model_path)
         self.chat_template = chat_template or chat_template_for(kv)
+        self.chat_prompt = ChatPrompt(self.tokenizer, self.chat_template, n_ctx)
         self.context = KVContext(self.engine, n_ctx)
         if not isinstance(n_keep, (int, np.integer)) or isinstance(n_keep, bool) or not 0 <= n_keep < n_ctx:
             raise ValueError(f"n_keep must be an integer in 0..{n_ctx - 1}, got {n_keep!r}")
@@ -326,22 +299,11 @@ class Model:
     # ------------------------------------------------------------------ chat
 
     def render_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
-        """The prompt text the chat template makes of `messages` (a message's content is a string,
-        or OpenAI text parts, joined by newlines); rendering stops with ChatTemplateLimitError
-        once the text is longer than the context could hold."""
-        return render_chat(self.chat_template, _check_messages(messages),
-                           add_generation_prompt=add_generation_prompt,
-                           bos_token=self._special_text(self.tokenizer.bos_id),
-                           eos_token=self._special_text(self.tokenizer.eos_id),
-                           render_limits=prompt_render_limits(self.n_ctx, self.tokenizer.longest_token_chars))
+        """The prompt text the chat template makes of `messages` (chat_prompt.ChatPrompt.render)."""
+        return self.chat_prompt.render(messages, add_generation_prompt)
 
     def chat_prompt_ids(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
-        ids = self.tokenize(self.render_chat(messages))
-        bos = self.tokenizer.bos_id
-        # Templates that write {{ bos_token }} themselves would get a second one from encode.
-        if bos is not None and len(ids) >= 2 and ids[0] == ids[1] == bos:
-            del ids[0]
-        return ids
+        return self.chat_prompt.ids(messages)
 
     def stream_chat(self, messages: Sequence[Mapping[str, Any]],
                     max_tokens: int | None = DEFAULT_MAX_TOKENS,
@@ -384,11 +346,6 @@ class Model:
         head = shapes.header("chatcmpl", model or self.name)
         build = shapes.chat_completion_chunks if stream else shapes.chat_completion
         return build(head, shapes.pieces(chunks, recorder), fmt)
-
-    def _special_text(self, token: int | None) -> str:
-        if token is None or token < 0:
-            return ""
-        return self.tokenizer.token_to_piece(token).decode("utf-8", errors="replace")
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, n_ctx={self.n_ctx}, n_vocab={self.n_vocab})"

@@ -30,7 +30,7 @@ from .batch_runner import BatchRunner
 from .kv_cache import BLOCK_SIZE, KVCache, blocks_for, cache_type
 from .openai_shapes import TokenLogprob, token_logprob
 from .paged_kv import BlockPool
-from .scheduler import Scheduler, Sequence
+from .scheduler import Scheduler, Sequence, Step, Work
 
 
 class PromptError(ValueError):
@@ -100,6 +100,7 @@ class ServingEngine:
             raise ValueError(f"{kv_memory} bytes of KV memory hold no block of {BLOCK_SIZE} tokens "
                              f"({per_block} bytes for this model)")
         self.tokenizer = load_tokenizer(gguf_file.kv)
+        self.gguf_kv = gguf_file.kv
         self.n_ctx = n_ctx
         self.n_vocab = cfg.n_vocab
         self.queue_size = queue_size
@@ -169,6 +170,15 @@ class ServingEngine:
             if not seq.owner.done:
                 self._cancelled.append(seq)
                 self._wake.notify()
+
+    def warm_up(self) -> None:
+        """Compile (or load from Numba's cache) the kernels of a prompt chunk and a decode step
+        now, before the loop starts. Writes to the pool's block 0, which nothing holds yet."""
+        if self._thread is not None or self.pool.in_use or self.pool.cached:
+            raise ValueError("warm_up runs before the engine starts")
+        seq = Sequence([0, 0, 0], 3, 1, blocks=[0])
+        for work in (Work(seq, 0, 2), Work(seq, 2, 1)):
+            self.runner.run(Step([work], []))
 
     def start(self) -> ServingEngine:
         if self._thread is None:
