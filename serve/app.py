@@ -352,7 +352,7 @@ def create_app(model: str | os.PathLike | ServingEngine, *, name: str | None = N
                kv_memory: int | str = "256MB", parallel: int = 8, batch_tokens: int = 128, queue_size: int = 64,
                threads: int | None = None, api_key: str | None = None, chat_template: str | None = None,
                cache_type_k: str = "f16", cache_type_v: str = "f16", sampling: Mapping[str, Any] | None = None,
-               max_tokens: int | None = None, warm_up: bool = False) -> Starlette:
+               max_tokens: int | None = None) -> Starlette:
     """The ASGI app serving `model` (a GGUF path or catalog name; or a ServingEngine not yet
     started). The engine's thread starts with the app and stops with its lifespan.
 
@@ -360,8 +360,8 @@ def create_app(model: str | os.PathLike | ServingEngine, *, name: str | None = N
     kv_memory: bytes (or '256MB') of the KV pool all sequences share; parallel: sequences
     generated at once; batch_tokens: tokens one step computes at most; queue_size: requests
     waiting before 503; sampling / max_tokens: defaults for what requests leave out
-    (make_sampler keywords; None: until the context is full); warm_up: compile (or load) the
-    kernels now rather than at the first request."""
+    (make_sampler keywords; None: until the context is full). The engine's thread starts here
+    and compiles (or loads) its kernels before this returns."""
     from ..formats.catalog import resolve
     from ..formats.chat_template import chat_template_for
     from ..formats.gguf import read_gguf
@@ -386,8 +386,6 @@ def create_app(model: str | os.PathLike | ServingEngine, *, name: str | None = N
         name = name or os.path.basename(str(model)).removesuffix(".gguf")
     template = chat_template or chat_template_for(kv if kv is not None else engine.gguf_kv)
     metrics.watch(engine)
-    if warm_up:
-        engine.warm_up()
     server = Server(engine, name, ChatPrompt(engine.tokenizer, template, engine.n_ctx), sampling or {}, api_key,
                     metrics, max_tokens)
 
@@ -402,5 +400,5 @@ def create_app(model: str | os.PathLike | ServingEngine, *, name: str | None = N
     app = Starlette(routes=build_routes(server), lifespan=lifespan)
     app.state.server = server
     app.state.engine = engine
-    engine.start()      # also when embedded without lifespan events (idempotent)
+    engine.start()      # now, so that the kernels are ready and load errors surface here
     return app

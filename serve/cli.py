@@ -80,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
     from .app import create_app
 
     with notice_if_compiling():
-        app = create_app(path, warm_up=True, **options)
+        app = create_app(path, **options)
     print(f"lantern: serving {app.state.server.name} on http://{args.host}:{args.port}/v1 "
           f"({options['parallel']} parallel sequences, {app.state.engine.n_blocks} KV blocks)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
