@@ -41,6 +41,10 @@ class Program:
     def place(self, start: int) -> None:
         """Positions start.. of the one sequence a cache with the identity table holds (the
         engine's): positions, sequence 0, cache rows = positions."""
+        if self.t == 1:       # decode: no arrays made per token
+            self.pos[0] = self.slots[0] = start
+            self.seq[0] = 0
+            return
         self.pos[:] = np.arange(start, start + self.t)
         self.seq[:] = 0
         self.slots[:] = self.pos
