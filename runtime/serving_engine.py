@@ -239,7 +239,12 @@ class ServingEngine:
                 if seq.owner.done:
                     continue
                 self.scheduler.add(seq)
-            self.step()
+            try:
+                self.step()
+            except Exception as exc:  # a bug must not take the server down: fail what is in flight
+                message = f"the engine failed: {type(exc).__name__}: {exc}"
+                for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
+                    self._fail(seq, message)
 
     def step(self) -> None:
         """One scheduling step and its samples (the loop's body; tests may call it directly)."""
@@ -283,7 +288,8 @@ class ServingEngine:
             self._end(seq, "stop")
             return
         seq.tokens.append(token)
-        choice.emit(Token(token, record))
+        if not self._emit(seq, Token(token, record)):
+            return
         if seq.n_generated >= seq.max_new or len(seq.tokens) > self.n_ctx:
             self._end(seq, "length")
 
@@ -294,7 +300,7 @@ class ServingEngine:
         choice.done = True
         self.scheduler.remove(seq)
         self.observer.finished(reason)
-        choice.emit(End(reason, seq.n_prompt, seq.n_generated, seq.reused))
+        self._emit(seq, End(reason, seq.n_prompt, seq.n_generated, seq.reused))
 
     def _fail(self, seq: Sequence, message: str) -> None:
         choice: Choice = seq.owner
@@ -303,4 +309,17 @@ class ServingEngine:
         choice.done = True
         self.scheduler.remove(seq)
         self.observer.finished("error")
-        choice.emit(Failure(message))
+        self._emit(seq, Failure(message))
+
+    def _emit(self, seq: Sequence, event) -> bool:
+        """Hand `event` to the sequence's callback; a callback that raises (its event loop is
+        gone) ends the sequence instead of the loop. False if it raised."""
+        try:
+            seq.owner.emit(event)
+            return True
+        except Exception:
+            if not seq.owner.done:
+                seq.owner.done = True
+                self.scheduler.remove(seq)
+                self.observer.finished("cancelled")
+            return False

@@ -166,3 +166,45 @@ def test_preempted_sequences_recompute_to_the_same_output(smollm2):
             engine.submit(tokens(7 * B), [Choice(make_sampler(), lambda e: None)])
     finally:
         engine.close()
+
+
+def test_a_failing_sampler_or_callback_ends_only_its_own_sequence(smollm2):
+    from lanternlm.runtime.serving_engine import Failure
+
+    engine = ServingEngine(smollm2, n_ctx=128, kv_memory=64 * 737280, parallel=4, token_budget=32,
+                           threads=2).start()
+    try:
+        events = {i: [] for i in range(3)}
+        done = threading.Event()
+
+        def emitter(i):
+            def emit(event):
+                if i == 2 and isinstance(event, Token):
+                    raise RuntimeError("the client's event loop is gone")
+                events[i].append(event)
+                if all(events[k] and not isinstance(events[k][-1], Token) for k in (0, 1)):
+                    done.set()
+            return emit
+        calls = [0]
+
+        def broken(logits, history):
+            calls[0] += 1
+            if calls[0] > 3:
+                raise ValueError("a broken sampler")
+            return int(np.argmax(logits))
+        bias = {t: -100.0 for t in engine.end_ids}
+        engine.submit(tokens(10, 400), [Choice(broken, emitter(0))], max_tokens=8)
+        engine.submit(tokens(12, 600), [Choice(make_sampler(temperature=0, logit_bias=bias), emitter(1))], max_tokens=8)
+        engine.submit(tokens(9, 800), [Choice(make_sampler(temperature=0), emitter(2))], max_tokens=8)
+        assert done.wait(60)
+        assert isinstance(events[0][-1], Failure) and "broken sampler" in events[0][-1].message
+        assert len([e for e in events[0] if isinstance(e, Token)]) == 3
+        assert events[1][-1] == End("length", 12, 8, 0)
+        assert events[2] == []
+        deadline = threading.Event()
+        deadline.wait(0.2)
+        assert engine.running == 0 and engine.pool.in_use == 0
+        results, _ = run_all(engine, [tokens(12, 600)], 8)       # the engine still serves
+        assert [e.token for e in events[1][:-1]] == results[0]
+    finally:
+        engine.close()

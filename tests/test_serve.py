@@ -319,3 +319,14 @@ def test_resident_memory_stops_growing_over_hundreds_of_requests(live):
     print(f"RSS after warm-up {warm:.1f} MiB, then {samples}")
     assert samples[-1] - warm < 24, f"RSS grew from {warm:.1f} to {samples} MiB"
     assert samples[-1] - samples[0] < 12
+
+
+def test_serve_command_checks_its_flags_before_loading(capsys):
+    from lanternlm import cli
+
+    assert cli.main(["serve", "--parallel", "0"]) == 1
+    assert "--parallel must be at least 1" in capsys.readouterr().err
+    assert cli.main(["serve", "--kv-memory", "40%"]) == 1
+    assert "not a percentage" in capsys.readouterr().err
+    assert cli.main(["serve", "no-such-model-anywhere"]) == 1
+    assert "no-such-model-anywhere" in capsys.readouterr().err

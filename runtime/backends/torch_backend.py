@@ -328,6 +328,8 @@ class TorchBackend:
         if binder is None:
             raise BackendError(f"the torch backend has no op {node.op.value}")
         calls: list[Call] = []
+        if node.op is Op.ATTENTION:   # one sequence in the identity table: seq and slots are not read
+            srcs = srcs[:4]
         args = tuple(self._input(s, calls) if isinstance(s, np.ndarray) else s for s in srcs)
         if not isinstance(out, np.ndarray):
             return calls + binder(self, node, out, args, t)
@@ -455,7 +457,7 @@ def _bind_rope(be: TorchBackend, node, out, srcs, t):
 
 def _bind_attention(be: TorchBackend, node, out, srcs, t):
     p = node.params
-    q, k, v, pos = srcs[:4]   # one sequence in the identity table: its cache rows are its positions
+    q, k, v, pos = srcs       # one sequence in the identity table: its cache rows are its positions
     kc, vc = layer_cache(be.kv, p)
     gqa = p["n_head"] // p["n_head_kv"]
     return [(_attention, (out, q, k, v, pos, kc, vc, gqa, p["scale"], p["window"], p["softcap"]))]
