@@ -25,6 +25,9 @@ class TokenAttr(enum.IntFlag):
     CONTROL = 1 << 3
     USER_DEFINED = 1 << 4
     BYTE = 1 << 5
+    NORMALIZED = 1 << 6
+    LSTRIP = 1 << 7       # matched as a special token, it swallows the whitespace before it
+    RSTRIP = 1 << 8       # ... or after it
 
 
 # GGUF token_type value (gguf.TokenType) -> attribute; anything else is UNDEFINED.
@@ -154,7 +157,39 @@ def resolve_special_ids(kv: dict, tokens: list[str], token_to_id: dict[str, int]
             attrs[tid] = TokenAttr.USER_DEFINED
     eog.update(ids[r] for r in ("eos", "eot", "eom") if ids[r] is not None)
     _drop_false_end_markers(tokens, attrs, eog)
+    _strip_rules(kv, token_to_id, attrs)
     return SpecialIds(ids=ids, eog=frozenset(eog))
+
+
+def _strip_rules(kv: dict, token_to_id: dict[str, int], attrs: np.ndarray) -> None:
+    """llama.cpp's whitespace attributes, which no GGUF stores: it sets them from the model's
+    name (general.name, any case), its pre-tokenizer and its architecture.
+
+    Phi-3 (a name containing "phi-3" or "phi3"): every special token (control, user-defined,
+    unknown) and "</s>" drop the whitespace after them, except "<unk>", "<s>" and
+    "<|endoftext|>"; so "<|user|>\nHi" tokenizes as "<|user|>" + "Hi". Jina v2 (pre-tokenizer
+    jina-v2-de/es/code), nomic-bert-moe and jina-bert-v3: "<mask>" drops the whitespace before
+    it; modern-bert (by name): "[MASK]" does."""
+    name = str(read(kv, "general.name", "") or "").lower()
+    pre = str(read(kv, "tokenizer.ggml.pre", "") or "")
+    arch = str(read(kv, "general.architecture", "") or "")
+
+    def set_attr(text: str, attr: TokenAttr, on: bool) -> None:
+        tid = token_to_id.get(text)
+        if tid is not None:
+            attrs[tid] = (int(attrs[tid]) | int(attr)) if on else (int(attrs[tid]) & ~int(attr))
+
+    if any(p in pre for p in ("jina-v2-de", "jina-v2-es", "jina-v2-code")) or \
+            any(a in arch for a in ("nomic-bert-moe", "jina-bert-v3")):
+        set_attr("<mask>", TokenAttr.LSTRIP, True)
+    elif "phi-3" in name or "phi3" in name:
+        special = (attrs & (TokenAttr.CONTROL | TokenAttr.USER_DEFINED | TokenAttr.UNKNOWN)) != 0
+        attrs[special] |= int(TokenAttr.RSTRIP)
+        set_attr("</s>", TokenAttr.RSTRIP, True)
+        for text in ("<unk>", "<s>", "<|endoftext|>"):
+            set_attr(text, TokenAttr.RSTRIP, False)
+    elif "modern-bert" in name:
+        set_attr("[MASK]", TokenAttr.LSTRIP, True)
 
 
 def _drop_false_end_markers(tokens: list[str], attrs: np.ndarray, eog: set[int]) -> None:

@@ -5,8 +5,9 @@
     text = tok.decode(ids)
 
 Encoding follows `llama_tokenize`: the text is first cut at special tokens (control and
-user-defined token texts, longest first; with parse_special=False only user-defined ones),
-then each plain fragment goes through the vocabulary's engine — byte-level BPE for
+user-defined token texts, longest first; with parse_special=False only user-defined ones;
+tokens llama.cpp marks LSTRIP / RSTRIP swallow the whitespace before / after them, as Phi-3's
+special tokens do, special_tokens._strip_rules), then each plain fragment goes through the vocabulary's engine — byte-level BPE for
 `tokenizer.ggml.model == "gpt2"`, score-ordered SentencePiece merging for "llama". BOS/EOS are
 added only where the metadata (or llama.cpp's default for the model) asks for them.
 """
@@ -31,6 +32,8 @@ _RENDERED_AS_TEXT = int(TokenAttr.UNKNOWN | TokenAttr.CONTROL | TokenAttr.USER_D
 _HIDDEN_UNLESS_SPECIAL = int(TokenAttr.UNKNOWN | TokenAttr.CONTROL)
 _MATCHABLE = _RENDERED_AS_TEXT
 _USER_DEFINED = int(TokenAttr.USER_DEFINED)
+_LSTRIP, _RSTRIP = int(TokenAttr.LSTRIP), int(TokenAttr.RSTRIP)
+_C_SPACE = " \t\n\v\f\r"   # what C's isspace() takes, the test llama.cpp strips with
 _NORMAL = int(TokenAttr.NORMAL)
 _BYTE = int(TokenAttr.BYTE)
 
@@ -210,14 +213,21 @@ class Tokenizer:
         matcher = self._special_all if parse_special else self._special_user
         pieces: list[str | int] = [text]
         for special_text, tid in matcher.present(text):
+            lstrip = self._attr_list[tid] & _LSTRIP
+            rstrip = self._attr_list[tid] & _RSTRIP
             cut: list[str | int] = []
             for piece in pieces:
                 if isinstance(piece, int) or special_text not in piece:
                     cut.append(piece)
                     continue
-                for j, part in enumerate(piece.split(special_text)):
+                parts = piece.split(special_text)
+                for j, part in enumerate(parts):
                     if j:
                         cut.append(tid)
+                        if rstrip:
+                            part = part.lstrip(_C_SPACE)
+                    if lstrip and j < len(parts) - 1:
+                        part = part.rstrip(_C_SPACE)
                     if part:
                         cut.append(part)
             pieces = cut

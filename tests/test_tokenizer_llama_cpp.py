@@ -5,8 +5,10 @@ tests/data/tokenizer_reference_*.json written by tests/data/make_tokenizer_fixtu
 llama-cpp-python from the same GGUF files: token ids in the four add_special x parse_special
 modes, llama_detokenize, token_to_piece and the end-of-generation set, for SmolLM2 (BPE,
 smollm), Qwen2.5 (BPE, qwen2), Gemma 3 (SentencePiece-style, 262k), SmolLM2's vocabulary
-relabelled with the gpt-2, llama-bpe, default and starcoder pre-tokenizers, and Gemma's and
-SmolLM2's with add_space_prefix on.
+relabelled with the gpt-2, llama-bpe, default and starcoder pre-tokenizers, Gemma's and
+SmolLM2's with add_space_prefix on, Qwen's and Gemma's named Phi-3 (whose special tokens
+swallow the whitespace after them) and Gemma's as a jina-v2 vocabulary (<mask> swallows the
+whitespace before it).
 """
 import json
 from pathlib import Path
@@ -19,7 +21,7 @@ from lanternlm.formats.tokenizer import load_tokenizer
 DATA = Path(__file__).parent / "data"
 MODEL_FIXTURES = {"smollm2": "smollm2_path", "gemma3": "gemma3_path", "qwen2": "qwen2_path"}
 VARIANTS = ("bpe_gpt2", "bpe_llama3", "bpe_default", "bpe_starcoder", "spm_space_prefix",
-            "bpe_space_prefix")
+            "bpe_space_prefix", "bpe_phi3_name", "spm_phi3_name", "spm_jina_mask")
 MODES = {"ids_add_bos_special": (True, True), "ids_add_bos_plain": (True, False),
          "ids_no_bos_special": (False, True), "ids_no_bos_plain": (False, False)}
 
@@ -53,6 +55,9 @@ def tokenizer(metadata):
                 kv = {**metadata(variant["of"]), **variant["set"]}
                 for key in variant["drop"]:
                     del kv[key]
+                rename = variant.get("rename") or {}
+                if rename:
+                    kv["tokenizer.ggml.tokens"] = [rename.get(t, t) for t in kv["tokenizer.ggml.tokens"]]
             else:
                 kv = metadata(name)
             cache[name] = load_tokenizer(kv)

@@ -36,13 +36,19 @@ MODELS = {   # fixture name -> catalog name (file <cache>/<catalog name>.gguf)
     "qwen2": "qwen2.5-coder-0.5b-instruct",
 }
 
-# fixture name -> (source fixture, keys to set, keys to drop)
+# fixture name -> (source fixture, keys to set, keys to drop[, token texts to rename])
 VARIANTS = {
     **{name: ("smollm2", {"tokenizer.ggml.pre": pre}, ["tokenizer.ggml.add_bos_token"])
        for name, pre in (("bpe_gpt2", "gpt-2"), ("bpe_llama3", "llama-bpe"),
                          ("bpe_default", "default"), ("bpe_starcoder", "starcoder"))},
     "spm_space_prefix": ("gemma3", {"tokenizer.ggml.add_space_prefix": True}, []),
     "bpe_space_prefix": ("smollm2", {"tokenizer.ggml.add_space_prefix": True}, []),
+    # llama.cpp strips the whitespace after special tokens of models named Phi-3 (its
+    # vocabulary must hold <unk>, <s>, </s> and <|endoftext|>: Gemma's gets the last by a rename)
+    "bpe_phi3_name": ("qwen2", {"general.name": "Phi-3 Mini 4k Instruct"}, []),
+    "spm_phi3_name": ("gemma3", {"general.name": "phi3-mini"}, [], {"<unused0>": "<|endoftext|>"}),
+    # and the whitespace before <mask> of jina-v2 vocabularies (by pre-tokenizer)
+    "spm_jina_mask": ("gemma3", {"tokenizer.ggml.pre": "jina-v2-code"}, []),
 }
 
 # The 24 texts of the shared SmolLM2 reference (tokenize cases), then texts of our own.
@@ -81,6 +87,10 @@ TEXTS = [
     "<|im_start|>system\nYou are helpful.<|im_end|>\n<|endoftext|><tool_call>x</tool_call>",
     "<|fim_prefix|>def f():<|fim_suffix|>\n<|fim_middle|><reponame>r<file_sep>",
     "<<start_of_turn>> <start_of_turn <|im_end|<|im_end|>>",
+    "<|im_start|>user\n  What is 2+2?<|im_end|>\n\n<|im_start|>assistant\n",
+    "<end_of_turn>\n<start_of_turn>model\n hi \t<end_of_turn>  \r\n",
+    "a <mask> b  <mask>\tc\n<mask>",
+    "</s>  after <s>  x <unk> \ny<|endoftext|> z <|endoftext|>",
     "The Transformer replaced recurrence with attention. Each layer mixes tokens through "
     "self-attention, then applies a position-wise feed-forward network; residual connections "
     "and layer normalisation keep training stable.\n\n```python\nfor i in range(10):\n"
@@ -99,14 +109,18 @@ def random_texts(n: int, seed: int = 1234) -> list[str]:
     return ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 24))) for _ in range(n)]
 
 
-def write_vocab_variant(source: Path, set_keys: dict, drop_keys: list, out: Path) -> None:
-    """`source`'s metadata without tensors, with `set_keys` replaced and `drop_keys` removed."""
+def write_vocab_variant(source: Path, set_keys: dict, drop_keys: list, out: Path,
+                        rename: dict | None = None) -> None:
+    """`source`'s metadata without tensors, with `set_keys` replaced, `drop_keys` removed and
+    the token texts in `rename` renamed."""
     reader = gguf.GGUFReader(str(source))
     writer = gguf.GGUFWriter(str(out), arch=reader.fields["general.architecture"].contents())
     for key, field in reader.fields.items():
         if key.startswith("GGUF.") or key == "general.architecture" or key in drop_keys:
             continue
         value = set_keys.get(key, field.contents())
+        if key == "tokenizer.ggml.tokens" and rename:
+            value = [rename.get(t, t) for t in value]
         sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(key, value, field.types[0], sub_type=sub)
     writer.write_header_to_file()
@@ -194,13 +208,14 @@ def main() -> None:
     args = ap.parse_args()
     for name in args.models:
         if name in VARIANTS:
-            source, set_keys, drop_keys = VARIANTS[name]
+            source, set_keys, drop_keys, *rest = VARIANTS[name]
+            rename = rest[0] if rest else {}
             with tempfile.TemporaryDirectory() as tmp:
                 variant = Path(tmp) / "vocab.gguf"
                 write_vocab_variant(args.cache / f"{MODELS[source]}.gguf", set_keys, drop_keys,
-                                    variant)
+                                    variant, rename)
                 data = fixture(variant, MODELS[source], with_pieces=False)
-            data["variant"] = {"of": source, "set": set_keys, "drop": drop_keys}
+            data["variant"] = {"of": source, "set": set_keys, "drop": drop_keys, "rename": rename}
         else:
             data = fixture(args.cache / f"{MODELS[name]}.gguf", MODELS[name])
         out = args.out / f"tokenizer_reference_{name}.json"
