@@ -184,6 +184,7 @@ ARCH_RULES: dict[str, Any] = {
     "rope.scaling.original_context_length": Int(1, MAX_COUNT),
     "rope.scaling.yarn_ext_factor": Float(0.0, FLOAT32_MAX),
     "rope.scaling.yarn_attn_factor": Float(0.0, FLOAT32_MAX, low_included=False),
+    "rope.scaling.attn_factor": Float(0.0, FLOAT32_MAX, low_included=False),   # phi3's LongRoPE
     "rope.scaling.yarn_beta_fast": Float(0.0, FLOAT32_MAX, low_included=False),
     "rope.scaling.yarn_beta_slow": Float(0.0, FLOAT32_MAX, low_included=False),
     "final_logit_softcapping": Float(0.0, FLOAT32_MAX),

@@ -25,6 +25,7 @@ from .engine import build_graph, tensor_shapes
 from .executor import Executor
 from .kv_cache import BLOCK_SHIFT, BLOCK_SIZE, CacheType, KVCache, cache_type
 from .memory_limits import available_memory, ensure_available
+from .models import get_architecture
 from .scheduler import Step
 from .thread_safety import kernel_section
 
@@ -40,7 +41,8 @@ class BatchRunner:
         self.n_ctx = n_ctx
         self.token_budget = token_budget
         types = tuple(t if isinstance(t, CacheType) else cache_type(t) for t in (cache_type_k, cache_type_v))
-        graph = build_graph(self.cfg, tensor_shapes(gguf_file), token_budget, selected_rows=True)
+        get_architecture(self.cfg.arch).prepare_tensors(gguf_file.tensors, self.cfg)
+        graph = build_graph(self.cfg, tensor_shapes(gguf_file), token_budget, selected_rows=True, n_ctx=n_ctx)
         ensure_available(KVCache.bytes_per_token(self.cfg, *types) * n_blocks * BLOCK_SIZE,
                          f"a KV pool of {n_blocks} blocks", available_memory(), advice="use less KV memory (--kv-memory)")
         self.kv = KVCache.for_config(self.cfg, n_ctx, np.zeros, *types, n_blocks=n_blocks, n_seqs=max_sequences)

@@ -103,6 +103,7 @@ class Engine:
         self.threads = self.governor.threads("decode") if self.governor else numba.get_num_threads()
 
         self._arch = get_architecture(self.cfg.arch)
+        self._arch.prepare_tensors(gguf_file.tensors, self.cfg)
         self._shapes = tensor_shapes(gguf_file)
         # The graphs first: building them checks the file's tensors against its metadata, before
         # any memory is sized from that metadata.
@@ -210,7 +211,7 @@ class Engine:
     def _build(self, n_tokens: int, all_logits: bool = False, embeddings: bool = False,
                row_exact: bool = False) -> Graph:
         return build_graph(self.cfg, self._shapes, n_tokens, all_logits=all_logits, embeddings=embeddings,
-                           row_exact=row_exact)
+                           row_exact=row_exact, n_ctx=self.n_ctx)
 
     def _check_context(self, n_ctx: int, backend_cls, kv_types) -> None:
         """Refuse a KV cache larger than the memory left where the backend keeps it; warn about

@@ -132,7 +132,7 @@ class Graph:
 
     def __init__(self, arch: str, weight_shapes: Mapping[str, tuple[int, ...]], n_tokens: int,
                  all_logits: bool = False, embeddings: bool = False, row_exact: bool = False,
-                 selected_rows: bool = False):
+                 selected_rows: bool = False, n_ctx: int = 0):
         if n_tokens < 1:
             raise ValueError(f"a graph needs at least one token, got n_tokens={n_tokens}")
         self.arch = arch
@@ -141,6 +141,7 @@ class Graph:
         self.all_logits = all_logits
         self.embeddings = embeddings
         self.row_exact = row_exact
+        self.n_ctx = n_ctx          # positions a sequence may hold (0: not said); phi3 picks its rope by it
         self.selected_rows = selected_rows and not (all_logits or embeddings)
         self.all_rows = all_logits or embeddings
         self.nodes: list[Node] = []

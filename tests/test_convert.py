@@ -27,6 +27,7 @@ CASES = {
     "qwen3": ("qwen3", {}),                                            # q/k head norms, tied head
     "mistral": ("mistral", {}),                                        # a sliding window of 8 keys
     "gemma2": ("gemma2", {}),                                          # soft caps, alternating windows
+    "phi3": ("phi3", {}),                                              # fused qkv and gate_up, a window
     "gemma3": ("gemma3", {"dtype": torch.bfloat16}),                   # bf16 weights, SentencePiece
     "llama-smollm": ("llama", {"tokenizer": "smollm"}),                # SmolLM's pre-tokenizer
 }
@@ -57,7 +58,7 @@ def converted(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("case", ["llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3"])
+@pytest.mark.parametrize("case", ["llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3"])
 def test_logits_match_transformers(converted, case):
     from lanternlm.runtime.engine import Engine
 
@@ -313,3 +314,50 @@ def test_gemma2_on_the_torch_backend_matches_the_cpu_backend(converted):
     cpu = Engine.load(path, n_ctx=64, kv_type="f32").logits(ids)
     on_torch = Engine.load(path, n_ctx=64, backend="torch", device="cpu").logits(ids)
     np.testing.assert_allclose(on_torch, cpu, atol=1e-3 * np.abs(cpu).max())
+
+
+def test_phi3_fused_matrices_are_in_the_file_as_llama_cpp_writes_them(converted):
+    """attn_qkv and ffn_up (gate rows first) stay fused in the file; the engine reads their
+    row ranges as q, k, v and gate, up (test_logits_match_transformers checks the result)."""
+    ckpt, f, _ = converted("phi3")
+    assert f.kv["general.architecture"] == "phi3" and f.kv["phi3.attention.sliding_window"] == 8
+    assert f.tensors["blk.0.attn_qkv.weight"].shape == (64 + 2 * 32, 64)
+    assert f.tensors["blk.0.ffn_up.weight"].shape == (2 * 128, 64)
+    assert "blk.0.attn_q.weight" not in f.tensors and "blk.0.ffn_gate.weight" not in f.tensors
+    gate_up = ckpt.model.model.layers[0].mlp.gate_up_proj.weight.detach().numpy()
+    np.testing.assert_array_equal(f32_tensor(f, "blk.0.ffn_up.weight"), gate_up)
+
+
+@pytest.mark.parametrize("partial", [1.0, 0.75])
+def test_phi3_longrope_matches_transformers_with_short_and_long_factors(tmp_path, partial):
+    """Phi-3.5 / Phi-4-mini's LongRoPE (original context 16 here, 64 positions): a context
+    within the original takes the short factors, a longer one the long factors, each with the
+    magnitude factor on cos and sin, as transformers picks them by the sequence's length; with
+    the other factors the logits would differ. partial 0.75: Phi-4-mini rotates 3/4 of a head."""
+    from lanternlm.runtime.engine import Engine
+
+    pairs = int(16 * partial) // 2
+    rope = {"rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 16,
+            "short_factor": [1.0 + 0.25 * i for i in range(pairs)],
+            "long_factor": [2.0 + 1.5 * i for i in range(pairs)], "partial_rotary_factor": partial}
+    ckpt = build_checkpoint("phi3", tmp_path / "hf", rope_parameters=rope, max_position_embeddings=64,
+                            original_max_position_embeddings=16, partial_rotary_factor=partial,
+                            sliding_window=None)
+    f = read_gguf(path := convert_hf_to_gguf(ckpt.path, tmp_path / "m.gguf", outtype="f32").path)
+    assert f.kv["phi3.rope.scaling.original_context_length"] == 16
+    assert f.kv["phi3.rope.dimension_count"] == int(16 * partial)
+    np.testing.assert_allclose(f.kv["phi3.rope.scaling.attn_factor"], (1 + np.log(4) / np.log(16)) ** 0.5, rtol=1e-6)
+    np.testing.assert_array_equal(f32_tensor(f, "rope_factors_long.weight"), rope["long_factor"])
+    ids = ckpt.tokenizer.encode(" ".join(CORPUS))
+    short_ids, long_ids = ids[:16], ids[:40]
+    assert len(long_ids) == 40
+    ref_short, ref_long = hf_logits(ckpt, short_ids), hf_logits(ckpt, long_ids)
+    for n_ctx, ids_, ref in ((16, short_ids, ref_short), (64, long_ids, ref_long)):
+        engine = Engine.load(path, n_ctx=n_ctx, kv_type="f32")
+        assert ref.std() > 0.5
+        np.testing.assert_array_less(np.abs(engine.logits(ids_) - ref).max(), 1e-3)
+        engine.reset()
+        decoded = np.stack([engine.eval([t]).copy() for t in ids_])
+        np.testing.assert_array_less(np.abs(decoded - ref).max(), 1e-3)
+    # the two sets of factors really differ where it shows: the first 16 positions
+    assert np.abs(ref_long[:16] - ref_short).max() > 1e-2

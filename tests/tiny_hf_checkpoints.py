@@ -195,12 +195,21 @@ def _gemma3_config(vocab_size: int, **overrides):
                             **{**SMALL, **overrides})
 
 
+def _phi3_config(vocab_size: int, **overrides):
+    from transformers import Phi3Config
+
+    # a sliding window of 8 keys, as Phi-3-mini-4k has one (of 2047)
+    return Phi3Config(vocab_size=vocab_size, tie_word_embeddings=False, bos_token_id=None, eos_token_id=None,
+                      pad_token_id=None, **{**SMALL, "sliding_window": 8, **overrides})
+
+
 def _model_class(family: str):
     from transformers import (Gemma2ForCausalLM, Gemma3ForCausalLM, LlamaForCausalLM, MistralForCausalLM,
-                              Qwen2ForCausalLM, Qwen3ForCausalLM)
+                              Phi3ForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)
 
     return {"llama": LlamaForCausalLM, "mistral": MistralForCausalLM, "qwen2": Qwen2ForCausalLM,
-            "qwen3": Qwen3ForCausalLM, "gemma2": Gemma2ForCausalLM, "gemma3": Gemma3ForCausalLM}[family]
+            "qwen3": Qwen3ForCausalLM, "gemma2": Gemma2ForCausalLM, "gemma3": Gemma3ForCausalLM,
+            "phi3": Phi3ForCausalLM}[family]
 
 
 # family -> (config builder, default tokenizer, norm weight centre: gemma stores w with (1 + w))
@@ -211,6 +220,7 @@ FAMILIES = {
     "mistral": (_mistral_config, "llama3", 1.0),
     "gemma2": (_gemma2_config, "spm", 0.0),
     "gemma3": (_gemma3_config, "spm", 0.0),
+    "phi3": (_phi3_config, "llama3", 1.0),
 }
 
 

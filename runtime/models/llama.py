@@ -20,9 +20,10 @@ def hparams(kv, fields: dict) -> dict:
             "rope_base_swa": fields["rope_base"], "rope_freq_scale_swa": fields["rope_freq_scale"]}
 
 
-def build(g, cfg) -> None:
-    # Llama 3.1+ (rope type "llama3"): the converter stores the per-frequency divisors
-    factors = "rope_freqs.weight" if g.has_weight("rope_freqs.weight") else None
+def build(g, cfg, freq_factors: str | None = None) -> None:
+    """freq_factors: a weight of per-pair frequency divisors (phi3's LongRoPE); by default
+    Llama 3.1+'s (rope type "llama3"), which the converter stores as rope_freqs.weight."""
+    factors = freq_factors or ("rope_freqs.weight" if g.has_weight("rope_freqs.weight") else None)
     x = g.get_rows("token_embd.weight", name="inp_embd")            # (T, n_embd)
     for il in range(cfg.n_layer):
         p = f"blk.{il}."
