@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ...quant import get as quant_type
+from gguf import GGML_QUANT_SIZES
+
 from ..backends.rope_table import Yarn
 from . import llama
 
@@ -47,7 +48,8 @@ def build(g, cfg) -> None:
 
 def _rows(ref, r0: int, r1: int, name: str):
     """A view of rows r0..r1 of matrix `ref` as a tensor of its own (offset and bytes included)."""
-    row_bytes = quant_type(ref.type).row_bytes(ref.shape[-1])
+    block, type_size = GGML_QUANT_SIZES[ref.type]
+    row_bytes = ref.shape[-1] // block * type_size
     return replace(ref, name=name, shape=(r1 - r0, *ref.shape[1:]), offset=ref.offset + r0 * row_bytes,
                    nbytes=(r1 - r0) * row_bytes, data=ref.data[r0 * row_bytes:r1 * row_bytes])
 
