@@ -191,6 +191,8 @@ ARCH_RULES: dict[str, Any] = {
     "attn_logit_softcapping": Float(0.0, FLOAT32_MAX),
     "vocab_size": WIDTH,
     "expert_count": Int(0, MAX_WIDTH),
+    "expert_used_count": Int(0, MAX_WIDTH),
+    "expert_feed_forward_length": Int(0, MAX_WIDTH),
     "pooling_type": Int(0, 4),          # llama.cpp's enum llama_pooling_type: none, mean, cls, last, rank
 }
 

@@ -48,6 +48,10 @@ class ModelConfig:
     attn_qk_norm: bool = False      # each query and key head is RMS-normed before the rope (qwen3)
     attn_logit_softcap: float = 0.0  # attention scores soft-capped: c * tanh(s / c) (gemma2); 0: none
     final_logit_softcap: float = 0.0  # the same for the output logits
+    n_expert: int = 0               # mixture of experts: experts per layer (0: a dense FFN)
+    n_expert_used: int = 0          # experts each token's FFN runs (router top-k)
+    n_ff_exp: int = 0               # an expert's feed-forward width; 0 -> n_ff
+    moe_norm_weights: bool = False  # the top-k router weights are renormalized to sum to 1
     pooling_type: int = -1          # <arch>.pooling_type, llama.cpp's enum llama_pooling_type
                                     # (0 none, 1 mean, 2 cls, 3 last, 4 rank); -1: the file has none
     # derived in __post_init__
@@ -87,6 +91,11 @@ class ModelConfig:
         if not -1 <= self.pooling_type <= 4:
             raise ConfigError(f"{self.arch}: pooling_type must be 0..4 (llama.cpp's pooling types), "
                               f"got {self.pooling_type}")
+        if self.n_expert and not 1 <= self.n_expert_used <= self.n_expert:
+            raise ConfigError(f"{self.arch}.expert_used_count {self.n_expert_used} must be 1..expert_count "
+                              f"{self.n_expert}")
+        if not self.n_ff_exp:
+            derive("n_ff_exp", self.n_ff)
         if not self.attn_scale:
             derive("attn_scale", 1.0 / math.sqrt(self.head_dim))
         derive("n_embd_q", self.n_head * self.head_dim)
@@ -161,6 +170,9 @@ def generic_fields(kv: Mapping[str, Any], arch: str) -> dict:
         rope_freq_scale=_rope_freq_scale(k),
         rope_yarn=_yarn(k),
         pooling_type=k.int("pooling_type", -1),
+        n_expert=k.int("expert_count", 0),
+        n_expert_used=k.int("expert_used_count", 0),
+        n_ff_exp=k.int("expert_feed_forward_length", 0),
         final_logit_softcap=k.float("final_logit_softcapping", 0.0),
     )
     return fields

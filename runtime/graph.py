@@ -37,6 +37,10 @@ class Op(enum.Enum):
                              #   @ v over the positions of each token's sequence `seq` (read through
                              #   its block table, kv_cache.py), c(s) = softcap * tanh(s / softcap)
                              #   (c(s) = s if softcap is 0).
+    MOE_FFN = "moe_ffn"      # weights: (router (n_expert, n), gate, up (n_expert, n_ff, n), down
+                             #   (n_expert, n, n_ff)); srcs: (x (T, n),); params: n_used, norm ->
+                             #   per token, the n_used experts with the largest softmax(router x):
+                             #   sum of w_e * down_e(silu(gate_e x) * up_e x), w renormalized if norm
     SWIGLU = "swiglu"        # srcs: (gate, up)                           -> silu(gate) * up
     GEGLU = "geglu"          # srcs: (gate, up)                           -> gelu_tanh(gate) * up
     LAST_ROW = "last_row"    # srcs: (x (T, n),)                          -> x[T-1:T]
@@ -288,6 +292,25 @@ class Graph:
         out = self.mul_mat(p + "ffn_down.weight", h)                   # (T, n_embd)
         self.ffn_blocks.append(FFNBlock(layer, act, x, tuple(self.nodes[first:])))
         return out
+
+    def moe_ffn(self, x: Tensor, layer: int, n_used: int, norm: bool) -> Tensor:
+        """Layer `layer`'s mixture-of-experts FFN on x (T, n_embd) -> (T, n_embd): the router
+        `ffn_gate_inp` picks n_used of the experts stacked in `ffn_{gate,up,down}_exps`."""
+        p = f"blk.{layer}."
+        names = [p + s for s in ("ffn_gate_inp.weight", "ffn_gate_exps.weight", "ffn_up_exps.weight",
+                                 "ffn_down_exps.weight")]
+        router, gate, up, down = (self._weight(n) for n in names)
+        if None not in (router, gate, up, down):
+            n_expert = router[0] if len(router) == 2 else 0
+            self._check(len(router) == 2 and router[1] == x.width, f"{names[0]} {router} does not route {x}")
+            for name, shape in zip(names[1:3], (gate, up)):
+                self._check(len(shape) == 3 and shape[0] == n_expert and shape[2] == x.width,
+                            f"{name} {shape} is not {n_expert} experts of width {x.width}")
+            self._check(len(down) == 3 and down[0] == n_expert and down[1] == x.width and down[2] == gate[1],
+                        f"{names[3]} {down} does not fit {names[1]} {gate}")
+            self._check(1 <= n_used <= n_expert, f"{n_used} experts used of {n_expert}")
+        return self._node(Op.MOE_FFN, p + "ffn_moe_out", x.width, (x,), tuple(names), n_used=int(n_used),
+                          norm=bool(norm))
 
     def output_rows(self, x: Tensor) -> Tensor:
         """The rows whose output is wanted: all of them, the last token's, or (selected_rows)

@@ -28,6 +28,7 @@ CASES = {
     "mistral": ("mistral", {}),                                        # a sliding window of 8 keys
     "gemma2": ("gemma2", {}),                                          # soft caps, alternating windows
     "phi3": ("phi3", {}),                                              # fused qkv and gate_up, a window
+    "qwen3moe": ("qwen3moe", {}),                                      # 8 experts, 2 per token
     "gemma3": ("gemma3", {"dtype": torch.bfloat16}),                   # bf16 weights, SentencePiece
     "llama-smollm": ("llama", {"tokenizer": "smollm"}),                # SmolLM's pre-tokenizer
 }
@@ -58,7 +59,7 @@ def converted(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("case", ["llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3"])
+@pytest.mark.parametrize("case", ["llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3", "qwen3moe"])
 def test_logits_match_transformers(converted, case):
     from lanternlm.runtime.engine import Engine
 
@@ -361,3 +362,36 @@ def test_phi3_longrope_matches_transformers_with_short_and_long_factors(tmp_path
         np.testing.assert_array_less(np.abs(decoded - ref).max(), 1e-3)
     # the two sets of factors really differ where it shows: the first 16 positions
     assert np.abs(ref_long[:16] - ref_short).max() > 1e-2
+
+
+def test_qwen3moe_experts_are_stacked_and_routing_matters(converted, tmp_path):
+    """Each layer's 8 experts are one 3-D tensor per projection (experts first), as llama.cpp
+    writes them; the routing picks different experts for different tokens, and running every
+    token through the same two experts would give other logits (so the match with transformers
+    in test_logits_match_transformers checks the router)."""
+    from lanternlm.runtime.backends.moe import route
+    from lanternlm.runtime.engine import Engine
+
+    ckpt, f, path = converted("qwen3moe")
+    assert f.kv["qwen3moe.expert_count"] == 8 and f.kv["qwen3moe.expert_used_count"] == 2
+    assert f.kv["qwen3moe.expert_feed_forward_length"] == 32
+    assert f.tensors["blk.1.ffn_gate_exps.weight"].shape == (8, 32, 64)
+    assert f.tensors["blk.1.ffn_down_exps.weight"].shape == (8, 64, 32)
+    from safetensors.numpy import load_file
+
+    saved = load_file(ckpt.path / "model.safetensors")       # one tensor per expert and projection
+    stacked = f32_tensor(f, "blk.1.ffn_up_exps.weight")
+    for e in range(8):
+        np.testing.assert_array_equal(stacked[e], saved[f"model.layers.1.mlp.experts.{e}.up_proj.weight"])
+    ids = ckpt.tokenizer.encode(LOGIT_TEXTS[0])
+    engine = Engine.load(path, n_ctx=64, kv_type="f32")
+    engine.logits(ids)
+    h = engine.executor.program("prefill_all", len(ids), out=np.empty((len(ids), engine.cfg.n_vocab), np.float32))
+    h.ids[:] = ids
+    h.place(0)
+    h.run()
+    x = h.views["blk.0.ffn_norm"]
+    router = f32_tensor(f, "blk.0.ffn_gate_inp.weight")
+    experts, weights = route(x @ router.T, 2, True)
+    assert len({tuple(sorted(e)) for e in experts.tolist()}) > 1
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-6)

@@ -143,8 +143,11 @@ def test_the_fuzz_covers_every_key_the_runtime_reads(base_models):
     arch_names = {key.split(".", 1)[1] for key in keys if key.startswith(("llama.", "gemma3."))}
     # expert_count is read by the quantizer's mix rules only; attn_logit_softcapping by gemma2
     # only, through the same rule (Float) and reader as final_logit_softcapping, fuzzed here;
-    # rope.scaling.attn_factor by phi3 only, with the rule of rope.scaling.yarn_attn_factor
-    assert set(ARCH_RULES) - arch_names == {"expert_count", "attn_logit_softcapping", "rope.scaling.attn_factor"}
+    # rope.scaling.attn_factor by phi3 only, with the rule of rope.scaling.yarn_attn_factor;
+    # expert_used_count and expert_feed_forward_length matter to mixture-of-experts files only
+    # (qwen3moe, tests/test_convert.py), Int rules like expert_count's
+    assert set(ARCH_RULES) - arch_names == {"expert_count", "attn_logit_softcapping", "rope.scaling.attn_factor",
+                                            "expert_used_count", "expert_feed_forward_length"}
     ids = {key for key, rule in RULES.items() if rule is TOKEN_ID}
     assert set(RULES) - ids <= keys and len(ids & keys) == 6
 

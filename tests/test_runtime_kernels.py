@@ -345,3 +345,44 @@ def test_get_rows_dequantizes_like_gguf_py(qtype):
     _get_rows(table, ids, gathered, QTYPES[qtype].dequantize, out.reshape(-1), gathered.reshape(-1))
     want = gguf.quants.dequantize(table, qtype).reshape(n_vocab, n)[ids]
     np.testing.assert_array_equal(out, want)
+
+
+# ---- mixture of experts ---------------------------------------------------------------------
+
+def test_moe_route_takes_the_top_softmax_entries_and_renormalizes():
+    from lanternlm.runtime.backends.moe import route
+
+    logits = np.array([[1.0, 3.0, 2.0, 3.0]], np.float32)       # a tie: the lower id first
+    p = np.exp(logits[0] - 3.0) / np.exp(logits[0] - 3.0).sum()
+    experts, weights = route(logits, 2, norm=False)
+    assert experts.tolist() == [[1, 3]]
+    np.testing.assert_allclose(weights[0], [p[1], p[3]], rtol=1e-6)
+    _, normed = route(logits, 3, norm=True)
+    np.testing.assert_allclose(normed[0], np.array([p[1], p[3], p[2]]) / (p[1] + p[3] + p[2]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("t", [1, 5])
+def test_moe_ffn_equals_each_token_through_its_experts(t):
+    """The kernel (each expert once over its tokens, quantized matrices) against the naive
+    twin: every token through its own top-2 experts, dequantized weights, float64."""
+    from lanternlm.quant import QTYPES, dequantize
+    from lanternlm.runtime.backends.moe import moe_ffn, route
+
+    n_expert, n, n_ff = 6, 64, 96
+    q8 = QTYPES[T.Q8_0]
+    router = randn(n_expert, n)
+    gate, up = (quantize(randn(n_expert * n_ff, n), "Q8_0") for _ in range(2))
+    down = quantize(randn(n_expert * n, n_ff), "Q8_0")
+    x = randn(t, n, scale=2.0)
+    out = np.empty((t, n), np.float32)
+    moe_ffn(out, x, router.view(np.uint8).reshape(n_expert, -1), QTYPES[T.F32], gate, up, down, (q8, q8, q8),
+            n_expert, 2, True)
+    g, u = (dequantize(m, "Q8_0", (n_expert, n_ff, n)).astype(np.float64) for m in (gate, up))
+    d = dequantize(down, "Q8_0", (n_expert, n, n_ff)).astype(np.float64)
+    experts, weights = route(x @ router.T, 2, True)
+    for i in range(t):
+        want = np.zeros(n)
+        for e, w in zip(experts[i], weights[i]):
+            a, b = g[e] @ x[i], u[e] @ x[i]
+            want += w * (d[e] @ (a / (1 + np.exp(-a)) * b))
+        np.testing.assert_allclose(out[i], want, rtol=2e-2, atol=2e-2 * np.abs(want).max())

@@ -203,13 +203,23 @@ def _phi3_config(vocab_size: int, **overrides):
                       pad_token_id=None, **{**SMALL, "sliding_window": 8, **overrides})
 
 
+def _qwen3moe_config(vocab_size: int, **overrides):
+    from transformers import Qwen3MoeConfig
+
+    # 8 experts of width 32, 2 per token, top-k weights renormalized (as Qwen3-30B-A3B's config
+    # says and llama.cpp always does)
+    return Qwen3MoeConfig(vocab_size=vocab_size, tie_word_embeddings=False, head_dim=16, num_experts=8,
+                          num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True,
+                          decoder_sparse_step=1, mlp_only_layers=[], **{**SMALL, **overrides})
+
+
 def _model_class(family: str):
     from transformers import (Gemma2ForCausalLM, Gemma3ForCausalLM, LlamaForCausalLM, MistralForCausalLM,
-                              Phi3ForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)
+                              Phi3ForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM)
 
     return {"llama": LlamaForCausalLM, "mistral": MistralForCausalLM, "qwen2": Qwen2ForCausalLM,
             "qwen3": Qwen3ForCausalLM, "gemma2": Gemma2ForCausalLM, "gemma3": Gemma3ForCausalLM,
-            "phi3": Phi3ForCausalLM}[family]
+            "phi3": Phi3ForCausalLM, "qwen3moe": Qwen3MoeForCausalLM}[family]
 
 
 # family -> (config builder, default tokenizer, norm weight centre: gemma stores w with (1 + w))
@@ -221,6 +231,7 @@ FAMILIES = {
     "gemma2": (_gemma2_config, "spm", 0.0),
     "gemma3": (_gemma3_config, "spm", 0.0),
     "phi3": (_phi3_config, "llama3", 1.0),
+    "qwen3moe": (_qwen3moe_config, "qwen2", 1.0),
 }
 
 

@@ -39,15 +39,19 @@ LM_HEAD = "lm_head.weight"
 
 @dataclass(frozen=True)
 class TensorJob:
-    """One GGUF tensor to write: read from the checkpoint, or computed from the config."""
+    """One GGUF tensor to write: read from the checkpoint, computed from the config, or stacked
+    from several checkpoint tensors (`parts`: (HF name, tensor) in stacking order)."""
     gguf_name: str
     hf_name: str | None = None
     source: SafetensorsTensor | None = None
     generated: np.ndarray | None = None
+    parts: tuple[tuple[str, SafetensorsTensor], ...] = ()
 
     def load(self, family: Family, cfg: HFConfig) -> np.ndarray:
         if self.generated is not None:
             return self.generated
+        if self.parts:
+            return np.stack([family.transform(name, part.to_f32(), cfg) for name, part in self.parts])
         return family.transform(self.hf_name, self.source.to_f32(), cfg)
 
 
@@ -61,9 +65,13 @@ def plan_tensors(ckpt: HFCheckpoint, family: Family, cfg: HFConfig) -> list[Tens
     """The GGUF tensors of the checkpoint, in file order; refuses unknown or missing ones."""
     name_map = gguf.get_tensor_name_map(family.arch, cfg.n_layer)
     jobs: dict[str, TensorJob] = {}
+    stacks: dict[str, dict[int, tuple[str, SafetensorsTensor]]] = {}
     for hf_name, source in ckpt.tensors.items():
         if hf_name.endswith(_IGNORED_SUFFIXES) or (hf_name == LM_HEAD and cfg.tied_embeddings):
             continue  # a tied lm_head is the embedding again: the file stores it once
+        if (slot := family.stacked(hf_name)) is not None:
+            stacks.setdefault(slot[0], {})[slot[1]] = (hf_name, source)
+            continue
         gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise ConvertError(f"checkpoint tensor {hf_name!r} has no GGUF name for the "
@@ -72,6 +80,11 @@ def plan_tensors(ckpt: HFCheckpoint, family: Family, cfg: HFConfig) -> list[Tens
             raise ConvertError(f"checkpoint tensors {jobs[gguf_name].hf_name!r} and {hf_name!r} "
                                f"both map to {gguf_name}")
         jobs[gguf_name] = TensorJob(gguf_name, hf_name, source)
+    for gguf_name, parts in stacks.items():
+        if sorted(parts) != list(range(len(parts))):
+            missing = sorted(set(range(max(parts) + 1)) - set(parts))
+            raise ConvertError(f"{gguf_name} stacks checkpoint tensors 0..{max(parts)} but lacks {missing}")
+        jobs[gguf_name] = TensorJob(gguf_name, parts[0][0], parts=tuple(parts[i] for i in range(len(parts))))
     for gguf_name, data in family.extra_tensors(cfg):
         jobs[gguf_name] = TensorJob(gguf_name, generated=data)
     required = [TOKEN_EMBD, OUTPUT_NORM, *family.required_tensors(cfg.n_layer)]

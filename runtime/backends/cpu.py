@@ -20,6 +20,7 @@ from ..kv_cache import BLOCK_SHIFT, CacheType, KVCache, row_width
 from ..memory_limits import AvailableMemory, available_memory
 from . import activations as A
 from . import cpu_kernels as K
+from .moe import moe_ffn
 from .rope_table import NO_YARN, Yarn, rope_cos_sin
 
 Call = tuple[Callable, tuple]
@@ -211,6 +212,16 @@ def _bind_attention(be: CpuBackend, node, out, srcs, t):
                       be.attention_scratch(kc), *rot, np.float32(p["softcap"])))]
 
 
+def _bind_moe_ffn(be: CpuBackend, node, out, srcs, t):
+    router_name, *expert_names = node.weights
+    _, router_qt = be._qtype(router_name)
+    n_expert = int(be.tensors[router_name].shape[0])
+    mats = [be.rows(name) for name in expert_names]
+    qts = tuple(be._qtype(name)[1] for name in expert_names)
+    return [(moe_ffn, (out, srcs[0], be.rows(router_name), router_qt, *mats, qts, n_expert,
+                       node.params["n_used"], node.params["norm"]))]
+
+
 _BINDERS: dict[Op, Callable] = {
     Op.GET_ROWS: _bind_get_rows,
     Op.MUL_MAT: _bind_mul_mat,
@@ -226,4 +237,5 @@ _BINDERS: dict[Op, Callable] = {
     Op.GEGLU: lambda be, node, out, srcs, t: [(A.geglu_rows if t > 1 else A.geglu, (out, *srcs, A.GELU_TABLE))],
     Op.LAST_ROW: lambda be, node, out, srcs, t: [(K.last_row, (out, srcs[0]))],
     Op.SELECT_ROWS: lambda be, node, out, srcs, t: [(_select_rows, (out, *srcs))],
+    Op.MOE_FFN: _bind_moe_ffn,
 }

@@ -38,6 +38,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     "llama": Architecture(llama),
     "qwen2": Architecture(llama, MappingProxyType({"rope_neox": True, "attn_qkv_bias": True})),
     "qwen3": Architecture(llama, MappingProxyType({"rope_neox": True, "attn_qk_norm": True})),
+    # qwen3 with a mixture-of-experts FFN whose top-k weights llama.cpp always renormalizes
+    "qwen3moe": Architecture(llama, MappingProxyType({"rope_neox": True, "attn_qk_norm": True,
+                                                      "moe_norm_weights": True})),
     "gemma2": Architecture(gemma2),
     "gemma3": Architecture(gemma3),
     "phi3": Architecture(phi3),

@@ -1,8 +1,10 @@
 """Llama: pre-norm decoder with RMSNorm, rotary attention (GQA) and a SwiGLU feed-forward.
 
-Also serves qwen2 and qwen3 (see models.ARCHITECTURES): the same forward with q/k/v biases
-(qwen2) or each q/k head RMS-normed before the rope (qwen3), and NEOX-ordered rope. Llama GGUFs use adjacent-pair rope because the converter permuted the
-rows of Q and K to undo Hugging Face's rotate-half layout.
+Also serves qwen2, qwen3, qwen3moe and phi3 (see models.ARCHITECTURES): the same forward with
+q/k/v biases (qwen2) or each q/k head RMS-normed before the rope (qwen3), NEOX-ordered rope, and
+for qwen3moe a mixture of experts in place of the FFN (Graph.moe_ffn, backends/moe.py). Llama
+GGUFs use adjacent-pair rope because the converter permuted the rows of Q and K to undo
+Hugging Face's rotate-half layout.
 """
 from __future__ import annotations
 
@@ -46,6 +48,9 @@ def build(g, cfg, freq_factors: str | None = None) -> None:
             a, x = g.output_rows(a), g.output_rows(x)
         x = g.add(x, a, name=p + "ffn_inp")
         h = g.rms_norm(x, p + "ffn_norm.weight", cfg.rms_eps)
-        f = g.ffn(h, il, Op.SWIGLU)                                 # (T, n_embd)
+        if cfg.n_expert:                                            # mixture of experts (qwen3moe)
+            f = g.moe_ffn(h, il, cfg.n_expert_used, cfg.moe_norm_weights)
+        else:
+            f = g.ffn(h, il, Op.SWIGLU)                             # (T, n_embd)
         x = g.add(x, f, name=p + "l_out")                           # (T, n_embd)
     lm_head(g, cfg, x)

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from ..checkpoint import ConvertError
 from .base import Family
-from . import gemma2, gemma3, llama, mistral, phi3, qwen2, qwen3
+from . import gemma2, gemma3, llama, mistral, phi3, qwen2, qwen3, qwen3moe
 
 __all__ = ["Family", "FAMILIES", "family_for"]
 
 # HF `architectures[0]` -> family
 FAMILIES: dict[str, Family] = {
     hf_name: module.FAMILY
-    for module in (llama, mistral, phi3, qwen2, qwen3, gemma2, gemma3)
+    for module in (llama, mistral, phi3, qwen2, qwen3, qwen3moe, gemma2, gemma3)
     for hf_name in module.FAMILY.hf_architectures
 }
 

@@ -30,6 +30,10 @@ def _no_tokenizer_keys(vocab: Vocab, meta: MetadataBuilder) -> None:
     return None
 
 
+def _not_stacked(hf_name: str) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class Family:
     arch: gguf.MODEL_ARCH
@@ -47,6 +51,9 @@ class Family:
     add_tokenizer_keys: Callable[["Vocab", MetadataBuilder], None] = _no_tokenizer_keys
     # rope scaling types whose effect this family writes itself (as extra tensors)
     rope_types: tuple[str, ...] = ()
+    # a checkpoint tensor that is one slice of a stacked GGUF tensor (an expert of a mixture):
+    # (GGUF name, index along the first axis), or None
+    stacked: Callable[[str], tuple[str, int] | None] = _not_stacked
 
     @property
     def arch_name(self) -> str:
