@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .registry import QTYPES, QuantType, get, register, register_quantizer
-from . import floats, legacy, kquants, iquants  # noqa: F401  (each registers its types)
+from . import floats, legacy, kquants, iquants, tquants, mxfp4, iquants_grid  # noqa: F401  (each registers its types)
 from . import kquant_quantize  # noqa: F401  (attaches the K-quant quantizers)
 
 __all__ = ["QTYPES", "QuantType", "get", "register", "dequantize", "quantize", "matvec", "matmul"]
