@@ -45,6 +45,10 @@ def _is_punctuation(ch: str) -> bool:
     return unicodedata.category(ch)[0] == "P"
 
 
+def _is_mark(ch: str) -> bool:
+    return unicodedata.category(ch)[0] == "M"
+
+
 def _class_body(selected: np.ndarray) -> str:
     """`re` character-class body (no brackets) covering exactly the given sorted code points."""
     if selected.size == 0:
@@ -60,7 +64,8 @@ def _class_body(selected: np.ndarray) -> str:
 
 @functools.cache
 def unicode_class(name: str) -> str:
-    """Class body for a general category: 'L' (letters), 'N' (numbers), 'P' (punctuation)."""
+    """Class body for a general category: 'L' (letters), 'N' (numbers), 'P' (punctuation),
+    'M' (marks)."""
     _, points = _scanned_text()
     if name == "L":
         selected = _mask(str.isalpha)            # isalpha == categories Lu Ll Lt Lm Lo
@@ -70,15 +75,17 @@ def unicode_class(name: str) -> str:
         selected = _mask(str.isnumeric) & ~_mask(str.isalpha)
     elif name == "P":
         selected = _mask(_is_punctuation)
+    elif name == "M":
+        selected = _mask(_is_mark)
     else:
         raise ValueError(f"unknown Unicode class {name!r}")
     return _class_body(points[selected])
 
 
 def _expand(template: str) -> str:
-    """Replace {L} {N} {P} {S} in a pattern template by class bodies ({S}: White_Space)."""
+    """Replace {L} {N} {P} {M} {S} in a pattern template by class bodies ({S}: White_Space)."""
     out = template.replace("{S}", _WHITE_SPACE)
-    for name in ("L", "N", "P"):
+    for name in ("L", "N", "P", "M"):
         key = "{" + name + "}"
         if key in out:
             out = out.replace(key, unicode_class(name))
@@ -93,9 +100,23 @@ LLAMA3_WORDS = (_CONTRACTIONS_ANY_CASE + r"|[^\r\n{L}{N}]?[{L}]+|[{N}]{1,3}"
                 r"| ?[^{S}{L}{N}]+[\r\n]*|[{S}]*[\r\n]+|[{S}]+(?![^{S}])|[{S}]+")
 QWEN2_WORDS = (_CONTRACTIONS_ANY_CASE + r"|[^\r\n{L}{N}]?[{L}]+|[{N}]"
                r"| ?[^{S}{L}{N}]+[\r\n]*|[{S}]*[\r\n]+|[{S}]+(?![^{S}])|[{S}]+")
+# Qwen 3.5: Qwen2's words with combining marks as part of letters
+QWEN35_WORDS = (_CONTRACTIONS_ANY_CASE + r"|[^\r\n{L}{N}]?[{L}{M}]+|[{N}]"
+                r"| ?[^{S}{L}{M}{N}]+[\r\n]*|[{S}]*[\r\n]+|[{S}]+(?![^{S}])|[{S}]+")
+# DeepSeek LLM / Coder: line breaks alone, then letters, punctuation, CJK runs and digits each
+# taking an optional leading space. The LLM's letters are an explicit list of ranges (its
+# tokenizer.json's); `$` there is ECMAScript's, the end of the piece, so \Z here.
+LINE_BREAK = r"[\r\n]"
+DEEPSEEK_LLM_LETTERS = "[{S}]?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+"
+DEEPSEEK_LLM_SYMBOLS = "[{S}]?[!-/:-~！-／：-～‘-‟　-。]+"
+TRAILING_SPACE = r"[{S}]+\Z"
+CJK_RUNS = "[一-龥ࠀ-一가-퟿]+"
+SPACED_LETTERS = r"[{S}]?[{L}]+"
+SPACED_PUNCTUATION = r"[{S}]?[{P}]+"
 SINGLE_NUMBER = r"[{N}]"
 NUMBER_RUNS = r"[{N}]+"
 PUNCTUATION_RUNS = r"[{P}$+<=>^~|]+"
+FALCON_PUNCTUATION_RUNS = r"[{P}$+<=>^~|`]+"
 THREE_ASCII_DIGITS = r"[0-9][0-9][0-9]"
 
 
@@ -140,6 +161,12 @@ _LLAMA3 = PreTokenizer((LLAMA3_WORDS,), ignore_merges=True, add_bos=True)
 _LLAMA3_PLAIN = PreTokenizer((LLAMA3_WORDS,))
 _QWEN2 = PreTokenizer((QWEN2_WORDS,), clean_spaces=False)
 _QWEN2_CLEAN = PreTokenizer((QWEN2_WORDS,))
+_QWEN35 = PreTokenizer((QWEN35_WORDS,), clean_spaces=False)
+_FALCON = PreTokenizer((FALCON_PUNCTUATION_RUNS, GPT2_WORDS, THREE_ASCII_DIGITS))
+_DEEPSEEK_LLM = PreTokenizer((LINE_BREAK, DEEPSEEK_LLM_LETTERS, DEEPSEEK_LLM_SYMBOLS, TRAILING_SPACE, CJK_RUNS,
+                              NUMBER_RUNS), clean_spaces=False)
+_DEEPSEEK_CODER = PreTokenizer((LINE_BREAK, SPACED_LETTERS, SPACED_PUNCTUATION, CJK_RUNS, SINGLE_NUMBER),
+                               clean_spaces=False)
 
 # `tokenizer.ggml.pre` -> pre-tokenizer; names grouped as llama.cpp groups them.
 PRE_TOKENIZERS: dict[str, PreTokenizer] = {
@@ -157,6 +184,10 @@ PRE_TOKENIZERS: dict[str, PreTokenizer] = {
     **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "hunyuan", "solar-open"),
                     _QWEN2),
     **dict.fromkeys(("stablelm2", "megrez"), _QWEN2_CLEAN),
+    "qwen35": _QWEN35,
+    "falcon": _FALCON,
+    "deepseek-llm": _DEEPSEEK_LLM,
+    "deepseek-coder": _DEEPSEEK_CODER,
 }
 
 

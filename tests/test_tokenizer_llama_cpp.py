@@ -5,7 +5,8 @@ tests/data/tokenizer_reference_*.json written by tests/data/make_tokenizer_fixtu
 llama-cpp-python from the same GGUF files: token ids in the four add_special x parse_special
 modes, llama_detokenize, token_to_piece and the end-of-generation set, for SmolLM2 (BPE,
 smollm), Qwen2.5 (BPE, qwen2), Gemma 3 (SentencePiece-style, 262k), SmolLM2's vocabulary
-relabelled with the gpt-2, llama-bpe, default and starcoder pre-tokenizers, Gemma's and
+relabelled with the gpt-2, llama-bpe, default, starcoder, deepseek-llm, deepseek-coder, falcon
+and qwen35 pre-tokenizers, Gemma's and
 SmolLM2's with add_space_prefix on, Qwen's and Gemma's named Phi-3 (whose special tokens
 swallow the whitespace after them) and Gemma's as a jina-v2 vocabulary (<mask> swallows the
 whitespace before it).
@@ -21,7 +22,8 @@ from lanternlm.formats.tokenizer import load_tokenizer
 DATA = Path(__file__).parent / "data"
 MODEL_FIXTURES = {"smollm2": "smollm2_path", "gemma3": "gemma3_path", "qwen2": "qwen2_path"}
 VARIANTS = ("bpe_gpt2", "bpe_llama3", "bpe_default", "bpe_starcoder", "spm_space_prefix",
-            "bpe_space_prefix", "bpe_phi3_name", "spm_phi3_name", "spm_jina_mask")
+            "bpe_space_prefix", "bpe_phi3_name", "spm_phi3_name", "spm_jina_mask", "bpe_deepseek_llm",
+            "bpe_deepseek_coder", "bpe_falcon", "bpe_qwen35")
 MODES = {"ids_add_bos_special": (True, True), "ids_add_bos_plain": (True, False),
          "ids_no_bos_special": (False, True), "ids_no_bos_plain": (False, False)}
 

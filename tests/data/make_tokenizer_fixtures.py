@@ -40,7 +40,9 @@ MODELS = {   # fixture name -> catalog name (file <cache>/<catalog name>.gguf)
 VARIANTS = {
     **{name: ("smollm2", {"tokenizer.ggml.pre": pre}, ["tokenizer.ggml.add_bos_token"])
        for name, pre in (("bpe_gpt2", "gpt-2"), ("bpe_llama3", "llama-bpe"),
-                         ("bpe_default", "default"), ("bpe_starcoder", "starcoder"))},
+                         ("bpe_default", "default"), ("bpe_starcoder", "starcoder"),
+                         ("bpe_deepseek_llm", "deepseek-llm"), ("bpe_deepseek_coder", "deepseek-coder"),
+                         ("bpe_falcon", "falcon"), ("bpe_qwen35", "qwen35"))},
     "spm_space_prefix": ("gemma3", {"tokenizer.ggml.add_space_prefix": True}, []),
     "bpe_space_prefix": ("smollm2", {"tokenizer.ggml.add_space_prefix": True}, []),
     # llama.cpp strips the whitespace after special tokens of models named Phi-3 (its
