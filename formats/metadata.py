@@ -208,6 +208,9 @@ RULES: dict[str, Any] = {
     "tokenizer.ggml.add_bos_token": Bool(),
     "tokenizer.ggml.add_eos_token": Bool(),
     "tokenizer.ggml.add_space_prefix": Bool(),
+    "tokenizer.ggml.add_sep_token": Bool(),
+    "tokenizer.ggml.normalizer.lowercase": Bool(),       # WordPiece (bert) vocabularies
+    "tokenizer.ggml.normalizer.strip_accents": Bool(),
     "tokenizer.chat_template": Str(),
     **{f"tokenizer.ggml.{role}_token_id": TOKEN_ID
        for role in ("bos", "eos", "eot", "eom", "unknown", "seperator", "padding", "mask",

@@ -26,6 +26,7 @@ from .metadata import read
 from .pretokenize import pre_tokenizer
 from .special_tokens import SpecialIds, TokenAttr, attrs_from_types, resolve_special_ids
 from .spm import ESCAPED_SPACE, SPMModel
+from .wordpiece import PHANTOM_SPACE, WordPieceModel
 
 # plain ints: IntFlag arithmetic is slow in per-token loops
 _RENDERED_AS_TEXT = int(TokenAttr.UNKNOWN | TokenAttr.CONTROL | TokenAttr.USER_DEFINED)
@@ -48,6 +49,7 @@ class _Engine:
     add_eos: bool
     add_space_prefix: bool
     clean_spaces: bool
+    add_sep: bool = False                                 # encode(add_special=True) ends with SEP
 
 
 def _bpe_engine(kv: dict, tokens: list[str], token_to_id: dict[str, int]) -> _Engine:
@@ -93,10 +95,25 @@ def _spm_engine(kv: dict, tokens: list[str], token_to_id: dict[str, int]) -> _En
         add_bos=True, add_eos=False, add_space_prefix=add_space_prefix, clean_spaces=False)
 
 
+def _wordpiece_engine(kv: dict, tokens: list[str], token_to_id: dict[str, int]) -> _Engine:
+    unk = read(kv, "tokenizer.ggml.unknown_token_id", None)
+    if unk is None or not 0 <= unk < len(tokens):
+        unk = 100 if len(tokens) > 100 else None        # llama.cpp's default for BERT
+    lowercase = read(kv, "tokenizer.ggml.normalizer.lowercase", False)
+    model = WordPieceModel(token_to_id, unk, lowercase,
+                           read(kv, "tokenizer.ggml.normalizer.strip_accents", lowercase))
+    return _Engine(
+        encode_fragment=lambda text, after_special: model.encode(text),
+        normal_piece=lambda text: text.replace(PHANTOM_SPACE, " ").encode("utf-8"),
+        special_defaults={"bos": 101, "eos": None, "unk": 100, "sep": 102, "pad": 0, "mask": 103},
+        add_bos=True, add_eos=False, add_space_prefix=False, clean_spaces=True, add_sep=True)
+
+
 # tokenizer.ggml.model -> engine factory
 TOKENIZER_MODELS: dict[str, Callable[[dict, list[str], dict[str, int]], _Engine]] = {
     "gpt2": _bpe_engine,
     "llama": _spm_engine,
+    "bert": _wordpiece_engine,
 }
 
 
@@ -155,6 +172,7 @@ class Tokenizer:
         self.clean_spaces = engine.clean_spaces
         self.add_bos = read(kv, "tokenizer.ggml.add_bos_token", engine.add_bos)
         self.add_eos = read(kv, "tokenizer.ggml.add_eos_token", engine.add_eos)
+        self.add_sep = read(kv, "tokenizer.ggml.add_sep_token", engine.add_sep)
 
         attrs = attrs_from_types(read(kv, "tokenizer.ggml.token_type", None), self.n_vocab)
         self.special: SpecialIds = resolve_special_ids(
@@ -197,6 +215,8 @@ class Tokenizer:
                 after_special = False
         if add_special and self.add_eos:
             out.append(self._required("eos"))
+        if add_special and self.add_sep:
+            out.append(self._required("sep"))
         return out
 
     def _required(self, role: str) -> int:

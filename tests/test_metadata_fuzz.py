@@ -55,7 +55,9 @@ def llama_spm(directory):
                "llama.rope.scaling.yarn_beta_slow": 1.0,
                "llama.final_logit_softcapping": 0.0,
                "tokenizer.ggml.add_bos_token": True, "tokenizer.ggml.add_eos_token": False,
-               "tokenizer.ggml.add_space_prefix": True,
+               "tokenizer.ggml.add_space_prefix": True, "tokenizer.ggml.add_sep_token": False,
+               # read by WordPiece (bert) vocabularies only; here they must change nothing
+               "tokenizer.ggml.normalizer.lowercase": True, "tokenizer.ggml.normalizer.strip_accents": True,
                "tokenizer.chat_template": "{% for m in messages %}{{ m['content'] }}{% endfor %}"})
     kv.update(dict.fromkeys(SPECIAL_ID_KEYS, 2))
     return kv, [(name, ref.data, ref.type, tuple(ref.shape)) for name, ref in source.tensors.items()]

@@ -35,6 +35,8 @@ MODELS = {   # fixture name -> catalog name (file <cache>/<catalog name>.gguf)
     "gemma3": "gemma3-270m",
     "qwen2": "qwen2.5-coder-0.5b-instruct",
 }
+# fixture name -> a vocabulary file in tests/data (made by make_bert_vocab.py)
+LOCAL = {"bert": "bert_vocab.gguf"}
 
 # fixture name -> (source fixture, keys to set, keys to drop[, token texts to rename])
 VARIANTS = {
@@ -206,7 +208,7 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path(
         os.environ.get("LANTERN_HOME") or Path.home() / ".cache" / "lanternlm"))
     ap.add_argument("--out", type=Path, default=Path(__file__).parent)
-    ap.add_argument("models", nargs="*", default=[*MODELS, *VARIANTS])
+    ap.add_argument("models", nargs="*", default=[*MODELS, *VARIANTS, *LOCAL])
     args = ap.parse_args()
     for name in args.models:
         if name in VARIANTS:
@@ -218,6 +220,8 @@ def main() -> None:
                                     variant, rename)
                 data = fixture(variant, MODELS[source], with_pieces=False)
             data["variant"] = {"of": source, "set": set_keys, "drop": drop_keys, "rename": rename}
+        elif name in LOCAL:
+            data = fixture(args.out / LOCAL[name], LOCAL[name])
         else:
             data = fixture(args.cache / f"{MODELS[name]}.gguf", MODELS[name])
         out = args.out / f"tokenizer_reference_{name}.json"
