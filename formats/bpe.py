@@ -5,6 +5,11 @@ byte is one visible character and a space is 'Ġ'), then adjacent symbols are me
 merge rank first (rank = index in `tokenizer.ggml.merges`), ties going to the leftmost pair,
 exactly as llama.cpp's `llm_tokenizer_bpe_session` does with its priority queue. Results are
 cached per word: natural text repeats its words a lot.
+
+Gemma 4's vocabulary (`tokenizer.ggml.model == "gemma4"`) is BPE over the text's own
+characters instead (`byte_level=False`): spaces are written '▁' beforehand, a symbol missing
+from the vocabulary falls back to one <0xXX> token per UTF-8 byte, and a word of newlines
+only that is a token of its own is taken whole, as llama.cpp does.
 """
 from __future__ import annotations
 
@@ -56,9 +61,11 @@ def byte_decode(token_text: str) -> bytes:
 class BPEModel:
     """Merging engine for one vocabulary: text fragment -> token ids (no special tokens)."""
 
-    def __init__(self, token_to_id: dict[str, int], merges: list[str], pre: PreTokenizer):
+    def __init__(self, token_to_id: dict[str, int], merges: list[str], pre: PreTokenizer,
+                 byte_level: bool = True):
         self.token_to_id = token_to_id
         self.pre = pre
+        self.byte_level = byte_level
         # Key "left right": llama.cpp splits each merge at its first space after position 0;
         # byte-level symbols never contain a raw space (it is 'Ġ'), so the joined string is an
         # unambiguous key. Later duplicates must not override the first rank (reversed build).
@@ -70,8 +77,10 @@ class BPEModel:
         return encode_pieces(self.pre.split(text), self._cache, self._word_ids)
 
     def _word_ids(self, word: str) -> tuple[int, ...]:
-        encoded = byte_encode(word)
-        whole = self.token_to_id.get(encoded) if self.pre.ignore_merges else None
+        encoded = byte_encode(word) if self.byte_level else word
+        whole = None
+        if self.pre.ignore_merges or (not self.byte_level and not word.strip("\n")):
+            whole = self.token_to_id.get(encoded)
         if whole is not None:
             return (whole,)
         ids: list[int] = []
@@ -81,9 +90,13 @@ class BPEModel:
                 ids.append(tid)
                 continue
             # A symbol missing from the vocabulary falls back to one token per byte of its
-            # UTF-8 text, keeping only bytes that are tokens on their own (ASCII here).
+            # UTF-8 text, keeping only bytes that are tokens on their own: ASCII characters
+            # (byte-level), or <0xXX> byte tokens (character-level)
             for b in symbol.encode("utf-8"):
-                tid = self.token_to_id.get(chr(b)) if b < 0x80 else None
+                if self.byte_level:
+                    tid = self.token_to_id.get(chr(b)) if b < 0x80 else None
+                else:
+                    tid = self.token_to_id.get(f"<0x{b:02X}>")
                 if tid is not None:
                     ids.append(tid)
         return tuple(ids)

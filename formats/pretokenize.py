@@ -191,6 +191,10 @@ PRE_TOKENIZERS: dict[str, PreTokenizer] = {
 }
 
 
+# Gemma 4's character-level BPE splits only into runs of newlines and runs of the rest
+GEMMA4_LINES = PreTokenizer((r"[^\n]+|[\n]+",))
+
+
 def pre_tokenizer(name: str | None) -> PreTokenizer:
     """The pre-tokenizer for a `tokenizer.ggml.pre` value (missing or empty: 'default')."""
     if not name:

@@ -23,7 +23,7 @@ import numpy as np
 from .bpe import BPEModel, byte_decode
 from .detokenize import IncrementalDecoder, clean_spaces
 from .metadata import read
-from .pretokenize import pre_tokenizer
+from .pretokenize import GEMMA4_LINES, pre_tokenizer
 from .special_tokens import SpecialIds, TokenAttr, attrs_from_types, resolve_special_ids
 from .spm import ESCAPED_SPACE, SPMModel
 from .wordpiece import PHANTOM_SPACE, WordPieceModel
@@ -50,6 +50,7 @@ class _Engine:
     add_space_prefix: bool
     clean_spaces: bool
     add_sep: bool = False                                 # encode(add_special=True) ends with SEP
+    bos_always: bool = False                              # BOS added whatever add_bos_token says
 
 
 def _bpe_engine(kv: dict, tokens: list[str], token_to_id: dict[str, int]) -> _Engine:
@@ -95,6 +96,20 @@ def _spm_engine(kv: dict, tokens: list[str], token_to_id: dict[str, int]) -> _En
         add_bos=True, add_eos=False, add_space_prefix=add_space_prefix, clean_spaces=False)
 
 
+def _gemma4_engine(kv: dict, tokens: list[str], token_to_id: dict[str, int]) -> _Engine:
+    """Gemma 4: BPE over characters (bpe.py, byte_level=False) of text whose spaces are '▁',
+    split only into runs of newlines and runs of the rest; BOS always added."""
+    merges = read(kv, "tokenizer.ggml.merges", None)
+    if merges is None:
+        raise ValueError("gemma4 vocabulary (tokenizer.ggml.model='gemma4') without tokenizer.ggml.merges")
+    model = BPEModel(token_to_id, list(merges), GEMMA4_LINES, byte_level=False)
+    return _Engine(
+        encode_fragment=lambda text, after_special: model.encode(text.replace(" ", ESCAPED_SPACE)),
+        normal_piece=lambda text: text.replace(ESCAPED_SPACE, " ").encode("utf-8"),
+        special_defaults={"bos": None, "eos": None, "unk": None},
+        add_bos=True, add_eos=False, add_space_prefix=False, clean_spaces=True, bos_always=True)
+
+
 def _wordpiece_engine(kv: dict, tokens: list[str], token_to_id: dict[str, int]) -> _Engine:
     unk = read(kv, "tokenizer.ggml.unknown_token_id", None)
     if unk is None or not 0 <= unk < len(tokens):
@@ -114,6 +129,7 @@ TOKENIZER_MODELS: dict[str, Callable[[dict, list[str], dict[str, int]], _Engine]
     "gpt2": _bpe_engine,
     "llama": _spm_engine,
     "bert": _wordpiece_engine,
+    "gemma4": _gemma4_engine,
 }
 
 
@@ -170,7 +186,7 @@ class Tokenizer:
         self._engine = engine
         self.add_space_prefix = engine.add_space_prefix
         self.clean_spaces = engine.clean_spaces
-        self.add_bos = read(kv, "tokenizer.ggml.add_bos_token", engine.add_bos)
+        self.add_bos = engine.bos_always or read(kv, "tokenizer.ggml.add_bos_token", engine.add_bos)
         self.add_eos = read(kv, "tokenizer.ggml.add_eos_token", engine.add_eos)
         self.add_sep = read(kv, "tokenizer.ggml.add_sep_token", engine.add_sep)
 

@@ -9,7 +9,8 @@ relabelled with the gpt-2, llama-bpe, default, starcoder, deepseek-llm, deepseek
 and qwen35 pre-tokenizers, Gemma's and
 SmolLM2's with add_space_prefix on, Qwen's and Gemma's named Phi-3 (whose special tokens
 swallow the whitespace after them) and Gemma's as a jina-v2 vocabulary (<mask> swallows the
-whitespace before it).
+whitespace before it); and two small vocabularies of tests/data made for the test (make_*_vocab.py):
+a BERT WordPiece one and a Gemma 4 one (character-level BPE with byte fallback).
 """
 import json
 from pathlib import Path
@@ -24,7 +25,7 @@ MODEL_FIXTURES = {"smollm2": "smollm2_path", "gemma3": "gemma3_path", "qwen2": "
 VARIANTS = ("bpe_gpt2", "bpe_llama3", "bpe_default", "bpe_starcoder", "spm_space_prefix",
             "bpe_space_prefix", "bpe_phi3_name", "spm_phi3_name", "spm_jina_mask", "bpe_deepseek_llm",
             "bpe_deepseek_coder", "bpe_falcon", "bpe_qwen35")
-LOCAL = {"bert": "bert_vocab.gguf"}   # vocabularies in tests/data (a WordPiece one)
+LOCAL = {"bert": "bert_vocab.gguf", "gemma4": "gemma4_vocab.gguf"}   # vocabularies in tests/data
 MODES = {"ids_add_bos_special": (True, True), "ids_add_bos_plain": (True, False),
          "ids_no_bos_special": (False, True), "ids_no_bos_plain": (False, False)}
 

@@ -36,7 +36,7 @@ MODELS = {   # fixture name -> catalog name (file <cache>/<catalog name>.gguf)
     "qwen2": "qwen2.5-coder-0.5b-instruct",
 }
 # fixture name -> a vocabulary file in tests/data (made by make_bert_vocab.py)
-LOCAL = {"bert": "bert_vocab.gguf"}
+LOCAL = {"bert": "bert_vocab.gguf", "gemma4": "gemma4_vocab.gguf"}
 
 # fixture name -> (source fixture, keys to set, keys to drop[, token texts to rename])
 VARIANTS = {
