@@ -375,6 +375,10 @@ def test_qwen3moe_experts_are_stacked_and_routing_matters(converted, tmp_path):
     ckpt, f, path = converted("qwen3moe")
     assert f.kv["qwen3moe.expert_count"] == 8 and f.kv["qwen3moe.expert_used_count"] == 2
     assert f.kv["qwen3moe.expert_feed_forward_length"] == 32
+    from lanternlm.formats.info import describe
+
+    summary = describe(f)                        # what `lantern info` shows
+    assert (summary["architecture"], summary["experts"], summary["experts_used"]) == ("qwen3moe", 8, 2)
     assert f.tensors["blk.1.ffn_gate_exps.weight"].shape == (8, 32, 64)
     assert f.tensors["blk.1.ffn_down_exps.weight"].shape == (8, 64, 32)
     from safetensors.numpy import load_file
