@@ -23,6 +23,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from numba import njit, prange
 
+from .block_kernels import check_shapes
 from .float_bits import f16_at
 from .kernel_kit import specialize
 from .registry import QuantType, register
@@ -103,16 +104,6 @@ def _dot(buf, x, xo, m):
     return acc
 
 
-@njit(cache=True, inline="always")
-def _check_shapes(out_rows, w, n, block, nbytes):
-    if n % block:
-        raise ValueError("IQ4 matvec/matmul: activation length is not a multiple of the block size")
-    if w.shape[1] != n // block * nbytes:
-        raise ValueError("IQ4 matvec/matmul: weight row bytes do not match the activation length")
-    if out_rows != w.shape[0]:
-        raise ValueError("IQ4 matvec/matmul: output length does not match the weight rows")
-
-
 @njit(cache=True, inline="always", fastmath=DOT_FASTMATH)
 def dot_nl_row(row, x, buf):
     """dequantize(row) . x for one IQ4_NL row u8[n // 32 * 18], x f32[n]; buf: f32[256] scratch."""
@@ -145,7 +136,7 @@ _ROWS_PER_TASK = 32  # rows per parallel work item: scratch buffers are allocate
 @njit(cache=True, parallel=True, fastmath=DOT_FASTMATH)
 def matvec_iq4_nl(out, w, x):
     """out: f32[rows] <- w: u8[rows, n // 32 * 18] (IQ4_NL) @ x: f32[n]."""
-    _check_shapes(out.size, w, x.size, NL_BLOCK, NL_BYTES)
+    check_shapes(out.size, w, x.size, NL_BLOCK, NL_BYTES)
     rows = w.shape[0]
     for task in prange((rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
         buf = np.empty(XS_BLOCK, dtype=np.float32)
@@ -156,7 +147,7 @@ def matvec_iq4_nl(out, w, x):
 @njit(cache=True, parallel=True, fastmath=DOT_FASTMATH)
 def matvec_iq4_xs(out, w, x):
     """out: f32[rows] <- w: u8[rows, n // 256 * 136] (IQ4_XS) @ x: f32[n]."""
-    _check_shapes(out.size, w, x.size, XS_BLOCK, XS_BYTES)
+    check_shapes(out.size, w, x.size, XS_BLOCK, XS_BYTES)
     rows = w.shape[0]
     for task in prange((rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
         buf = np.empty(XS_BLOCK, dtype=np.float32)
@@ -167,7 +158,7 @@ def matvec_iq4_xs(out, w, x):
 def _matmul_rows(out, w, x):
     """out: f32[t, rows] <- x @ w.T, every row bit-identical to the matvec on its token: the
     matvec's row dot (ROW_DOT) for each token in turn, the weight row hot in cache."""
-    _check_shapes(out.shape[1], w, x.shape[1], BLOCK, BYTES)
+    check_shapes(out.shape[1], w, x.shape[1], BLOCK, BYTES)
     rows = w.shape[0]
     for task in prange((rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
         buf = np.empty(XS_BLOCK, dtype=np.float32)
@@ -199,7 +190,7 @@ def matmul_iq4_nl(out, w, x):
     Each weight row is decoded once into a float buffer and reused for all t.
     """
     n = x.shape[1]
-    _check_shapes(out.shape[1], w, n, NL_BLOCK, NL_BYTES)
+    check_shapes(out.shape[1], w, n, NL_BLOCK, NL_BYTES)
     if out.shape[0] != x.shape[0]:
         raise ValueError("IQ4 matmul: output rows do not match the activation rows")
     rows = w.shape[0]
@@ -218,7 +209,7 @@ def matmul_iq4_xs(out, w, x):
     Each weight row is decoded once into a float buffer and reused for all t.
     """
     n = x.shape[1]
-    _check_shapes(out.shape[1], w, n, XS_BLOCK, XS_BYTES)
+    check_shapes(out.shape[1], w, n, XS_BLOCK, XS_BYTES)
     if out.shape[0] != x.shape[0]:
         raise ValueError("IQ4 matmul: output rows do not match the activation rows")
     rows = w.shape[0]

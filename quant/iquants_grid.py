@@ -190,35 +190,13 @@ def decode_iq1_m_block(out, o, b, i):
         put_shifted_row(out, o + 8 * k, scale, np.intp(b[i + k]) | ((h & 7) << 8), delta)
 
 
-dequantize_iq2_xxs, matvec_iq2_xxs, matmul_iq2_xxs = make_block_kernels(
-    T.IQ2_XXS, decode_iq2_xxs_block)
-dequantize_iq2_xs, matvec_iq2_xs, matmul_iq2_xs = make_block_kernels(
-    T.IQ2_XS, decode_iq2_xs_block)
-dequantize_iq2_s, matvec_iq2_s, matmul_iq2_s = make_block_kernels(
-    T.IQ2_S, decode_iq2_s_block)
-dequantize_iq3_xxs, matvec_iq3_xxs, matmul_iq3_xxs = make_block_kernels(
-    T.IQ3_XXS, decode_iq3_xxs_block)
-dequantize_iq3_s, matvec_iq3_s, matmul_iq3_s = make_block_kernels(
-    T.IQ3_S, decode_iq3_s_block)
-dequantize_iq1_s, matvec_iq1_s, matmul_iq1_s = make_block_kernels(
-    T.IQ1_S, decode_iq1_s_block)
-dequantize_iq1_m, matvec_iq1_m, matmul_iq1_m = make_block_kernels(
-    T.IQ1_M, decode_iq1_m_block)
-
-
 # ---------------------------------------------------------------- registration
 
-register(QuantType(T.IQ2_XXS, dequantize=dequantize_iq2_xxs, matvec=matvec_iq2_xxs,
-                   matmul=matmul_iq2_xxs, quantize=None, batch_invariant=True))
-register(QuantType(T.IQ2_XS, dequantize=dequantize_iq2_xs, matvec=matvec_iq2_xs,
-                   matmul=matmul_iq2_xs, quantize=None, batch_invariant=True))
-register(QuantType(T.IQ2_S, dequantize=dequantize_iq2_s, matvec=matvec_iq2_s,
-                   matmul=matmul_iq2_s, quantize=None, batch_invariant=True))
-register(QuantType(T.IQ3_XXS, dequantize=dequantize_iq3_xxs, matvec=matvec_iq3_xxs,
-                   matmul=matmul_iq3_xxs, quantize=None, batch_invariant=True))
-register(QuantType(T.IQ3_S, dequantize=dequantize_iq3_s, matvec=matvec_iq3_s,
-                   matmul=matmul_iq3_s, quantize=None, batch_invariant=True))
-register(QuantType(T.IQ1_S, dequantize=dequantize_iq1_s, matvec=matvec_iq1_s,
-                   matmul=matmul_iq1_s, quantize=None, batch_invariant=True))
-register(QuantType(T.IQ1_M, dequantize=dequantize_iq1_m, matvec=matvec_iq1_m,
-                   matmul=matmul_iq1_m, quantize=None, batch_invariant=True))
+DECODERS = {T.IQ2_XXS: decode_iq2_xxs_block, T.IQ2_XS: decode_iq2_xs_block, T.IQ2_S: decode_iq2_s_block,
+            T.IQ3_XXS: decode_iq3_xxs_block, T.IQ3_S: decode_iq3_s_block, T.IQ1_S: decode_iq1_s_block,
+            T.IQ1_M: decode_iq1_m_block}
+
+for _qtype, _decode in DECODERS.items():
+    _dequantize, _matvec, _matmul = make_block_kernels(_qtype, _decode)
+    register(QuantType(_qtype, dequantize=_dequantize, matvec=_matvec, matmul=_matmul, quantize=None,
+                       batch_invariant=True))

@@ -294,22 +294,19 @@ class ServingEngine:
             self._end(seq, "length")
 
     def _end(self, seq: Sequence, reason: str) -> None:
-        choice: Choice = seq.owner
-        if choice.done:
-            return
-        choice.done = True
-        self.scheduler.remove(seq)
-        self.observer.finished(reason)
-        self._emit(seq, End(reason, seq.n_prompt, seq.n_generated, seq.reused))
+        self._finish(seq, reason, End(reason, seq.n_prompt, seq.n_generated, seq.reused))
 
     def _fail(self, seq: Sequence, message: str) -> None:
-        choice: Choice = seq.owner
-        if choice.done:
+        self._finish(seq, "error", Failure(message))
+
+    def _finish(self, seq: Sequence, reason: str, event) -> None:
+        """Take `seq` out (its blocks freed) and send its last event, once."""
+        if seq.owner.done:
             return
-        choice.done = True
+        seq.owner.done = True
         self.scheduler.remove(seq)
-        self.observer.finished("error")
-        self._emit(seq, Failure(message))
+        self.observer.finished(reason)
+        self._emit(seq, event)
 
     def _emit(self, seq: Sequence, event) -> bool:
         """Hand `event` to the sequence's callback; a callback that raises (its event loop is

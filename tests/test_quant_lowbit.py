@@ -131,7 +131,7 @@ def test_matvec_and_matmul_match_dequantize_then_dot(qtype, rows, blocks, t):
             np.testing.assert_array_equal(got[i], one)
 
 
-@pytest.mark.parametrize("qtype", TYPES, ids=ids)
+@pytest.mark.parametrize("qtype", TYPES + [T.IQ4_NL, T.IQ4_XS], ids=ids + ["IQ4_NL", "IQ4_XS"])
 def test_matvec_rejects_mismatched_shapes(qtype):
     qt = quant.get(qtype)
     n = qt.block_size * 2
