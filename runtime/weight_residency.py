@@ -27,19 +27,30 @@ class PlanNotUsedWarning(UserWarning):
     """An offload plan found beside the model is not expected to pay at this budget."""
 
 
-def weight_uses(graphs: Mapping[str, Graph]) -> tuple[set[str], set[str], list[str]]:
-    """(matrices, tables gathered by row, matrices in the decode graph's order of use)."""
-    matrices, tables, order = set(), set(), []
+@dataclass(frozen=True)
+class WeightUses:
+    matrices: set[str]      # MUL_MAT weights: resident, or streamed in `order` at every use
+    tables: set[str]        # gathered by row (GET_ROWS)
+    order: list[str]        # matrices in the decode graph's order of use
+    experts: set[str]       # stacked expert tensors (MOE_FFN): resident, or read expert by expert
+    used: set[str]          # every tensor a graph reads
+
+
+def weight_uses(graphs: Mapping[str, Graph]) -> WeightUses:
+    uses = WeightUses(set(), set(), [], set(), set())
     for key, g in graphs.items():
         for node in g.nodes:
+            uses.used.update(node.weights)
             if node.op is Op.MUL_MAT:
                 name = node.weights[0]
-                if key == "decode" and name not in matrices:
-                    order.append(name)
-                matrices.add(name)
+                if key == "decode" and name not in uses.matrices:
+                    uses.order.append(name)
+                uses.matrices.add(name)
             elif node.op is Op.GET_ROWS:
-                tables.add(node.weights[0])
-    return matrices, tables, order
+                uses.tables.add(node.weights[0])
+            elif node.op is Op.MOE_FFN:
+                uses.experts.update(node.weights[1:])
+    return uses
 
 
 def stream_buffer_bytes(tensors, matrices) -> int:
@@ -48,6 +59,11 @@ def stream_buffer_bytes(tensors, matrices) -> int:
     largest = max((((r1 - r0) * row_shape(tensors[n])[1]) for n in matrices for r0, r1 in row_chunks(tensors[n])),
                   default=0)
     return N_SLOTS * (align_up(largest) + ALIGN)
+
+
+def expert_buffer_bytes(tensors, experts) -> int:
+    """The read buffers of streamed expert tensors: one expert's bytes each, at most."""
+    return sum(align_up(tensors[n].nbytes // tensors[n].shape[0]) + ALIGN for n in experts)
 
 
 def dense_read_bytes(gguf_file, graphs: Mapping[str, Graph], budget: int) -> int:
@@ -154,24 +170,26 @@ def _placement(gguf_file, graphs, budget: int, plan, draft: bool = False) -> Pla
     so that verifying drafts reads it alone."""
     from .resident_draft import head_node
 
-    matrices, tables, order = weight_uses(graphs)
-    sizes = {name: ref.nbytes for name, ref in gguf_file.tensors.items()}
+    uses = weight_uses(graphs)
+    matrices, tables, order = uses.matrices, uses.tables, uses.order
+    # tensors no graph reads (a fused matrix read through its row views, phi3) take no RAM
+    sizes = {name: ref.nbytes for name, ref in gguf_file.tensors.items() if name in uses.used}
     if plan is not None:   # the plan's bundles serve every FFN block's up and down matrices
         served = {name for g in graphs.values() for b in g.ffn_blocks for name in b.weights[1:]}
         matrices -= served
         order = [name for name in order if name not in served]
         sizes = {name: n for name, n in sizes.items() if name not in served}
-    buffers = stream_buffer_bytes(gguf_file.tensors, matrices)
+    buffers = stream_buffer_bytes(gguf_file.tensors, matrices) + expert_buffer_bytes(gguf_file.tensors, uses.experts)
     reserve = 0 if plan is None else min_neuron_bytes(plan)   # the neuron cache's minimum
-    residency: Residency = plan_residency(sizes, matrices, tables, budget - reserve, buffers)
+    residency: Residency = plan_residency(sizes, matrices | uses.experts, tables, budget - reserve, buffers)
     node = head_node(graphs["decode"])
     head = node.weights[0] if node is not None else None
     rows = 0
     if draft and plan is None and head in residency.streamed:
-        residency, rows = _with_draft_rows(residency, gguf_file.tensors[head], sizes, matrices, tables,
+        residency, rows = _with_draft_rows(residency, gguf_file.tensors[head], sizes, matrices | uses.experts, tables,
                                            budget, buffers)
     schedule = [name for name in order if name in residency.streamed]
-    schedule += [name for name in residency.streamed if name not in schedule]
+    schedule += [name for name in residency.streamed if name not in schedule and name not in uses.experts]
     schedules = [[n for n in schedule if n != head], [head]] if rows else [schedule]
     neurons = None if plan is None else neuron_budget(plan, budget - residency.resident_bytes)
     return Placement(residency, schedules, neurons, rows)

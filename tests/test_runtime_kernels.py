@@ -366,7 +366,7 @@ def test_moe_ffn_equals_each_token_through_its_experts(t):
     """The kernel (each expert once over its tokens, quantized matrices) against the naive
     twin: every token through its own top-2 experts, dequantized weights, float64."""
     from lanternlm.quant import QTYPES, dequantize
-    from lanternlm.runtime.backends.moe import moe_ffn, route
+    from lanternlm.runtime.backends.moe import expert_slices, moe_ffn, route
 
     n_expert, n, n_ff = 6, 64, 96
     q8 = QTYPES[T.Q8_0]
@@ -375,8 +375,9 @@ def test_moe_ffn_equals_each_token_through_its_experts(t):
     down = quantize(randn(n_expert * n, n_ff), "Q8_0")
     x = randn(t, n, scale=2.0)
     out = np.empty((t, n), np.float32)
-    moe_ffn(out, x, router.view(np.uint8).reshape(n_expert, -1), QTYPES[T.F32], gate, up, down, (q8, q8, q8),
-            n_expert, 2, True)
+    experts = tuple(expert_slices(m, n_expert) for m in (gate, up, down))
+    moe_ffn(out, x, router.view(np.uint8).reshape(n_expert, -1), QTYPES[T.F32], experts, (q8, q8, q8),
+            n_expert, n_ff, 2, True)
     g, u = (dequantize(m, "Q8_0", (n_expert, n_ff, n)).astype(np.float64) for m in (gate, up))
     d = dequantize(down, "Q8_0", (n_expert, n, n_ff)).astype(np.float64)
     experts, weights = route(x @ router.T, 2, True)

@@ -20,7 +20,7 @@ from ..kv_cache import BLOCK_SHIFT, CacheType, KVCache, row_width
 from ..memory_limits import AvailableMemory, available_memory
 from . import activations as A
 from . import cpu_kernels as K
-from .moe import moe_ffn
+from .moe import expert_slices, moe_ffn
 from .rope_table import NO_YARN, Yarn, rope_cos_sin
 
 Call = tuple[Callable, tuple]
@@ -116,6 +116,10 @@ class CpuBackend:
         if w is None:
             w = self._rows[name] = self.weight_bytes(name).reshape(row_shape(self.tensors[name]))
         return w
+
+    def expert_fetch(self, name: str, n_expert: int):
+        """e -> expert e's matrix of a stacked expert tensor (backends/moe.py); here a view."""
+        return expert_slices(self.rows(name), n_expert)
 
     def vector(self, name: str) -> np.ndarray:
         """A small 1-D weight (norm, bias) as float32 (n,): F32 data viewed in place, other
@@ -216,9 +220,10 @@ def _bind_moe_ffn(be: CpuBackend, node, out, srcs, t):
     router_name, *expert_names = node.weights
     _, router_qt = be._qtype(router_name)
     n_expert = int(be.tensors[router_name].shape[0])
-    mats = [be.rows(name) for name in expert_names]
+    n_ff = int(be.tensors[expert_names[0]].shape[1])
+    experts = tuple(be.expert_fetch(name, n_expert) for name in expert_names)
     qts = tuple(be._qtype(name)[1] for name in expert_names)
-    return [(moe_ffn, (out, srcs[0], be.rows(router_name), router_qt, *mats, qts, n_expert,
+    return [(moe_ffn, (out, srcs[0], be.rows(router_name), router_qt, experts, qts, n_expert, n_ff,
                        node.params["n_used"], node.params["norm"]))]
 
 

@@ -8,6 +8,10 @@ would use on the same bytes (only the rows differ per call), so dense streaming 
 to the in-RAM engine. Tables that are only gathered (the token embedding, when it is not also
 the output head) are read a row per token.
 
+A mixture of experts' stacked expert tensors stream by expert: where one is not resident,
+the MoE kernel reads only the experts its router picks, each from its own offset, when it
+needs them (backends/moe.py), outside the sequential schedule of the other matrices.
+
 Counters (bytes read, reads, seconds) live on the one `DirectReader` (`backend.reader`).
 """
 from __future__ import annotations
@@ -147,6 +151,22 @@ class StreamingCpuBackend(CpuBackend):
                 kernel = qt.row_exact_matmul if row_exact else qt.matmul
                 calls.append((streamed_matmul, (stream, item, kernel, out[:, r0:r1], x, shape, self._scratch)))
         return calls
+
+    def expert_fetch(self, name: str, n_expert: int):
+        """Resident: a view per expert; streamed: e -> expert e's bytes read from disk into a
+        buffer of this tensor's (valid until the next read of the same tensor)."""
+        if name not in self.residency.streamed:
+            return super().expert_fetch(name, n_expert)
+        ref = self.tensors[name]
+        rows, row_bytes = row_shape(ref)
+        rows //= n_expert
+        nbytes = rows * row_bytes
+        buf = aligned_empty(align_up(nbytes) + ALIGN)
+        reader = self.reader
+
+        def fetch(e: int) -> np.ndarray:
+            return reader.read_into(buf, ref.offset + e * nbytes, nbytes).reshape(rows, row_bytes)
+        return fetch
 
     def _bind_gathered_rows(self, name, out, ids, t):
         ref, qt = self._qtype(name)

@@ -10,6 +10,10 @@ rows e * rows .. (e + 1) * rows of the (n_expert * rows, row_bytes) view, run by
 own matvec / matmul kernels. Rather than each token running its k experts, each expert runs
 once over the tokens routed to it (a prefill of T tokens reads every used expert's weights
 once). The routing and the weighted sum are numpy; the matrices are the registered kernels.
+
+An expert is the unit a RAM budget streams (backends/cpu_streaming.py): the kernel asks each
+projection for expert e's matrix through a fetch function, which slices the tensor in RAM or
+reads just that expert's bytes from disk, so only the experts the router picks are read.
 """
 from __future__ import annotations
 
@@ -39,12 +43,20 @@ def _product(qt, w: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
         qt.matmul(out, w, x)
 
 
-def moe_ffn(out, x, router, router_qt, gate, up, down, qts, n_expert: int, n_used: int, norm: bool) -> None:
+def expert_slices(w: np.ndarray, n_expert: int):
+    """A fetch function over a stacked tensor in RAM, u8 (n_expert * rows, row_bytes):
+    e -> expert e's rows, a view."""
+    rows = w.shape[0] // n_expert
+    return lambda e: w[e * rows:(e + 1) * rows]
+
+
+def moe_ffn(out, x, router, router_qt, experts, qts, n_expert: int, n_ff: int, n_used: int, norm: bool) -> None:
     """out f32 (T, n) <- the MoE FFN of x f32 (T, n) (module docstring). router: u8 (n_expert,
-    row_bytes) of type router_qt; gate, up: u8 (n_expert * n_ff, row_bytes); down: u8
-    (n_expert * n, row_bytes_ff); qts: the (gate, up, down) QuantTypes."""
+    row_bytes) of type router_qt; experts: (gate, up, down) fetch functions, e -> expert e's
+    u8 matrix ((n_ff, row_bytes) for gate and up, (n, row_bytes_ff) for down); qts: their
+    QuantTypes."""
     t, n = x.shape
-    n_ff = gate.shape[0] // n_expert
+    gate, up, down = experts
     logits = np.empty((t, n_expert), np.float32)
     _product(router_qt, router, x, logits)
     experts, weights = route(logits, n_used, norm)
@@ -54,9 +66,9 @@ def moe_ffn(out, x, router, router_qt, gate, up, down, qts, n_expert: int, n_use
         xs = np.ascontiguousarray(x[tokens])
         g = np.empty((len(tokens), n_ff), np.float32)
         u = np.empty_like(g)
-        _product(qts[0], gate[e * n_ff:(e + 1) * n_ff], xs, g)
-        _product(qts[1], up[e * n_ff:(e + 1) * n_ff], xs, u)
+        _product(qts[0], gate(e), xs, g)
+        _product(qts[1], up(e), xs, u)
         A.swiglu_rows(g, g, u)
         y = np.empty((len(tokens), n), np.float32)
-        _product(qts[2], down[e * n:(e + 1) * n], g, y)
+        _product(qts[2], down(e), g, y)
         out[tokens] += weights[tokens, slot][:, None] * y
