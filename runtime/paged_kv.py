@@ -99,6 +99,12 @@ class BlockPool:
         self._content_id[block] = self._next_content
         self._next_content += 1
 
+    def count_hits(self, found: int, queried: int) -> None:
+        """Prefix-cache statistics of an admitted prompt: `found` of its `queried` full blocks
+        (short of its last token) were in the cache."""
+        self.hit_blocks += found
+        self.queried_blocks += queried
+
     def lookup(self, tokens: Sequence[int]) -> list[int]:
         """The cached blocks holding the longest run of full blocks at the start of `tokens`,
         short of its last token, each now referenced once more by the caller."""
@@ -115,8 +121,6 @@ class BlockPool:
             self.refs[block] += 1
             found.append(block)
             parent = block
-        self.queried_blocks += n_full
-        self.hit_blocks += len(found)
         return found
 
     def _forget(self, block: int) -> None:

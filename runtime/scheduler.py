@@ -94,10 +94,6 @@ class Scheduler:
         self.preemptions = 0
 
     # ---- queue -------------------------------------------------------------------------------
-    def fits(self, n_tokens: int) -> bool:
-        """Whether a sequence of n_tokens tokens can ever be computed: the context and the pool."""
-        return n_tokens <= self.n_ctx and blocks_for(n_tokens) <= self.pool.n_blocks
-
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
 
@@ -120,38 +116,43 @@ class Scheduler:
         work: list[Work] = []
         ended: list[Sequence] = []
         budget = self.token_budget
+        scheduled: set[Sequence] = set()      # never preempted: their work is in this step
         # 1. decoding sequences, oldest first; out of blocks, the youngest gives its up
         for seq in list(self.running):
             if seq not in self.running or seq.pending != 1:
                 continue
-            if not self._grow(seq, 1, ended):
+            if not self._grow(seq, 1, ended, scheduled):
                 continue
             work.append(Work(seq, seq.n_cached, 1))
+            scheduled.add(seq)
             budget -= 1
-        # 2. prompts part-way through
+        # 2. prompts part-way through, oldest first, preempting younger ones unscheduled
         for seq in list(self.running):
             if budget <= 0:
                 break
             if seq not in self.running or seq.pending <= 1:
                 continue
             count = min(seq.pending, budget)
-            if not self._grow(seq, count, ended, preempt=False):
+            if not self._grow(seq, count, ended, scheduled):
                 continue
             work.append(Work(seq, seq.n_cached, count))
+            scheduled.add(seq)
             budget -= count
         # 3. admissions
         while self.waiting and budget > 0 and len(self.running) < self.max_running:
             seq = self.waiting[0]
             # what the prefix cache holds of it (of a preempted sequence: what is left of its own)
             seq.blocks = self.pool.lookup(seq.tokens)
-            seq.n_cached = seq.n_registered = len(seq.blocks) * BLOCK_SIZE
+            found = len(seq.blocks)
+            seq.n_cached = seq.n_registered = found * BLOCK_SIZE
             if not seq.admitted:
                 seq.reused = seq.n_cached
             count = min(seq.pending, budget)
-            if not self._grow(seq, count, ended, preempt=False):
+            if not self._grow(seq, count, ended, scheduled, preempt=False):
                 self.pool.release(seq.blocks)
                 seq.blocks, seq.n_cached = [], 0
                 break
+            self.pool.count_hits(found, (len(seq.tokens) - 1) // BLOCK_SIZE)
             self.waiting.popleft()
             seq.admitted = True
             bisect.insort(self.running, seq, key=lambda s: s.arrival)
@@ -159,15 +160,20 @@ class Scheduler:
             budget -= count
         return Step(work, ended)
 
-    def _grow(self, seq: Sequence, count: int, ended: list[Sequence], preempt: bool = True) -> bool:
+    def _grow(self, seq: Sequence, count: int, ended: list[Sequence], scheduled: set[Sequence],
+              preempt: bool = True) -> bool:
         """Give `seq` blocks for `count` more tokens. Without `preempt`, False if the pool has
-        too few (nothing taken); with it, younger running sequences are preempted for them, and
-        False once `seq` itself had to go (preempted, or ended if it is alone)."""
+        too few (nothing taken); with it, the youngest running sequences not `scheduled` in
+        this step are preempted for them, and False once `seq` itself had to go (preempted, or
+        ended if it is alone) or nothing is left to preempt."""
         need = blocks_for(seq.n_cached + count) - len(seq.blocks)
         while need > self.pool.available:
             if not preempt:
                 return False
-            victim = self.running[-1]
+            victims = [s for s in self.running if s not in scheduled]
+            if not victims:
+                return False
+            victim = victims[-1]
             if victim is seq and len(self.running) == 1:
                 self.remove(seq)
                 ended.append(seq)

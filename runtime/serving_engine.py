@@ -240,26 +240,28 @@ class ServingEngine:
                     continue
                 self.scheduler.add(seq)
             try:
-                self.step()
+                if not self.step():      # nothing could run (blocks held elsewhere): do not spin
+                    with self._wake:
+                        self._wake.wait(0.005)
             except Exception as exc:  # a bug must not take the server down: fail what is in flight
                 message = f"the engine failed: {type(exc).__name__}: {exc}"
                 for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
                     self._fail(seq, message)
 
-    def step(self) -> None:
-        """One scheduling step and its samples (the loop's body; tests may call it directly)."""
+    def step(self) -> bool:
+        """One scheduling step and its samples (the loop's body); False if nothing ran."""
         step = self.scheduler.schedule()
         for seq in step.ended:
             self._end(seq, "length")
         if not step.work:
-            return
+            return False
         started = time.perf_counter()
         try:
             logits = self.runner.run(step)
         except Exception as exc:  # a kernel error fails this step's sequences, not the server
             for w in step.work:
                 self._fail(w.seq, f"the model failed: {type(exc).__name__}: {exc}")
-            return
+            return True
         self.scheduler.computed(step)
         row = 0
         for w in step.work:
@@ -268,6 +270,7 @@ class ServingEngine:
                 row += 1
         self.steps += 1
         self.observer.step(step.n_tokens, len(step.work), time.perf_counter() - started)
+        return True
 
     def _sample(self, seq: Sequence, logits: np.ndarray) -> None:
         choice: Choice = seq.owner

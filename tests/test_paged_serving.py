@@ -45,7 +45,6 @@ def test_lookup_finds_registered_full_blocks_but_never_the_last_token():
     # the same tokens after a different first block are a different block
     shifted = [7] + text[1:]
     assert pool.lookup(shifted) == []
-    assert pool.hit_blocks == 3 and pool.queried_blocks == 2 + 3 + 2
 
 
 def test_eviction_takes_free_blocks_first_then_the_least_recently_released():
@@ -73,6 +72,20 @@ def test_a_duplicate_block_stays_private_and_is_freed():
 
 
 # ---- scheduler --------------------------------------------------------------------------------
+
+def test_an_admitted_prompt_takes_its_cached_prefix_and_counts_the_hit_once():
+    pool = BlockPool(3)
+    sched = Scheduler(pool, max_running=2, token_budget=64, n_ctx=1024)
+    first = Sequence(tokens(B + 1), B + 1, 10)
+    sched.add(first)
+    sched.computed(sched.schedule())             # its first block is full: registered
+    sched.remove(first)                          # released, the block stays cached
+    again = Sequence(tokens(B + 1), B + 1, 10)
+    sched.add(again)
+    step = sched.schedule()
+    assert [(w.start, w.count) for w in step.work] == [(B, 1)] and again.reused == B
+    assert (pool.hit_blocks, pool.queried_blocks) == (1, 2)     # 0 of 1 block, then 1 of 1
+
 
 def test_a_step_decodes_every_running_sequence_then_fills_the_budget_with_prompt_chunks():
     pool = BlockPool(64)
