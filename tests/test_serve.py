@@ -317,8 +317,8 @@ def test_resident_memory_stops_growing_over_hundreds_of_requests(live):
         asyncio.run(run(100))
         samples.append(resident_mib())
     print(f"RSS after warm-up {warm:.1f} MiB, then {samples}")
-    assert samples[-1] - warm < 24, f"RSS grew from {warm:.1f} to {samples} MiB"
-    assert samples[-1] - samples[0] < 12
+    assert samples[-1] - warm < 16, f"RSS grew from {warm:.1f} to {samples} MiB"
+    assert samples[-1] - samples[0] < 8         # measured: +1.6 then +0.7 MiB
 
 
 def test_serve_command_checks_its_flags_before_loading(capsys):
