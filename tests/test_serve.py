@@ -330,3 +330,17 @@ def test_serve_command_checks_its_flags_before_loading(capsys):
     assert "not a percentage" in capsys.readouterr().err
     assert cli.main(["serve", "no-such-model-anywhere"]) == 1
     assert "no-such-model-anywhere" in capsys.readouterr().err
+
+
+def test_response_format_makes_the_reply_json(client):
+    """Chat's response_format runs the grammar per sequence inside the batch (constraints.py)."""
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Name a city."}],
+                                       max_tokens=40, temperature=0,
+                                       response_format={"type": "json_schema", "json_schema": {"name": "c",
+                                                                                               "schema": schema}})
+    reply = json.loads(r.choices[0].message.content)
+    assert isinstance(reply["city"], str)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, response_format={"type": "yaml"})
+    assert error_of(e)["param"] == "response_format"
