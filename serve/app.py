@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 import uuid
@@ -293,6 +294,9 @@ def _route(server: Server, endpoint: str, handler, authorize: bool = True):
             response = await handler(request)
         except APIError as exc:
             response = JSONResponse(exc.body(), status_code=exc.status)
+        except Exception as exc:   # a bug: OpenAI's error JSON all the same, and the server goes on
+            logging.getLogger("lanternlm.serve").exception("request to %s failed", endpoint)
+            response = JSONResponse(APIError(500, f"{type(exc).__name__}: {exc}").body(), status_code=500)
         server.metrics.requests.labels(endpoint, str(response.status_code)).inc()
         return response
     return handle
