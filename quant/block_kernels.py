@@ -103,8 +103,16 @@ def make_block_kernels(qtype: GGMLQuantizationType, decode_block):
     block, nbytes = GGML_QUANT_SIZES[qtype]
     name = qtype.name.lower()
     bind = dict(DECODE=decode_block, BLOCK=block, BYTES=nbytes)
-    return (specialize(_dequantize, f"dequantize_{name}", **bind),
+    return (dequantize_kernel(qtype, decode_block),
             specialize(_matvec, f"matvec_{name}", **bind),
             specialize(_matmul, f"matmul_{name}", **bind))
+
+
+def dequantize_kernel(qtype: GGMLQuantizationType, decode_block):
+    """dequantize(out f32[n_blocks * block_size], blocks u8[n_blocks * type_size]) for `qtype`,
+    every block decoded by decode_block (as make_block_kernels), blocks in parallel."""
+    block, nbytes = GGML_QUANT_SIZES[qtype]
+    return specialize(_dequantize, f"dequantize_{qtype.name.lower()}", DECODE=decode_block, BLOCK=block,
+                      BYTES=nbytes)
 
 

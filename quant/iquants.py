@@ -23,7 +23,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from numba import njit, prange
 
-from .block_kernels import check_shapes
+from .block_kernels import check_shapes, dequantize_kernel
 from .float_bits import f16_at
 from .kernel_kit import specialize
 from .registry import QuantType, register
@@ -70,24 +70,8 @@ def decode_xs_block(out, o, b, i):
         decode_group(out, o + 32 * g, d * f32(xs_group_scale(b, i, g)), b, i + 8 + 16 * g)
 
 
-@njit(cache=True, parallel=True)
-def dequantize_iq4_nl(out, blocks):
-    """out: f32[n_blocks * 32] <- blocks: u8[n_blocks * 18]."""
-    n_blocks = blocks.size // NL_BYTES
-    if blocks.size != n_blocks * NL_BYTES or out.size != n_blocks * NL_BLOCK:
-        raise ValueError("IQ4_NL dequantize: block bytes and output length do not match")
-    for k in prange(n_blocks):
-        decode_nl_block(out, k * NL_BLOCK, blocks, k * NL_BYTES)
-
-
-@njit(cache=True, parallel=True)
-def dequantize_iq4_xs(out, blocks):
-    """out: f32[n_blocks * 256] <- blocks: u8[n_blocks * 136]."""
-    n_blocks = blocks.size // XS_BYTES
-    if blocks.size != n_blocks * XS_BYTES or out.size != n_blocks * XS_BLOCK:
-        raise ValueError("IQ4_XS dequantize: block bytes and output length do not match")
-    for k in prange(n_blocks):
-        decode_xs_block(out, k * XS_BLOCK, blocks, k * XS_BYTES)
+dequantize_iq4_nl = dequantize_kernel(GGMLQuantizationType.IQ4_NL, decode_nl_block)
+dequantize_iq4_xs = dequantize_kernel(GGMLQuantizationType.IQ4_XS, decode_xs_block)
 
 
 # ---------------------------------------------------------------- dot products
