@@ -38,8 +38,6 @@ class BatchRunner:
     def __init__(self, gguf_file, *, n_ctx: int, n_blocks: int, max_sequences: int, token_budget: int,
                  cache_type_k: str | CacheType = "f16", cache_type_v: str | CacheType = "f16"):
         self.cfg = ModelConfig.from_kv(gguf_file.kv)
-        self.n_ctx = n_ctx
-        self.token_budget = token_budget
         types = tuple(t if isinstance(t, CacheType) else cache_type(t) for t in (cache_type_k, cache_type_v))
         get_architecture(self.cfg.arch).prepare_tensors(gguf_file.tensors, self.cfg)
         graph = build_graph(self.cfg, tensor_shapes(gguf_file), token_budget, selected_rows=True, n_ctx=n_ctx)

@@ -144,7 +144,7 @@ class Scheduler:
             # what the prefix cache holds of it (of a preempted sequence: what is left of its own)
             seq.blocks = self.pool.lookup(seq.tokens)
             found = len(seq.blocks)
-            seq.n_cached = seq.n_registered = found * BLOCK_SIZE
+            seq.n_cached, seq.n_registered = found * BLOCK_SIZE, found
             if not seq.admitted:
                 seq.reused = seq.n_cached
             count = min(seq.pending, budget)

@@ -374,21 +374,20 @@ def create_app(model: str | os.PathLike | ServingEngine, *, name: str | None = N
 
     metrics = ServerMetrics()
     if isinstance(model, ServingEngine):
-        engine, kv = model, None
+        engine = model
         engine.observer = metrics
         name = name or "lanternlm"
     else:
         gguf_file = read_gguf(resolve(model))
-        kv = gguf_file.kv
         memory = parse_size(kv_memory, "KV memory")
         if n_ctx is None:
             from ..runtime.config import ModelConfig
-            n_ctx = min(DEFAULT_CTX, ModelConfig.from_kv(kv).n_ctx_train)
+            n_ctx = min(DEFAULT_CTX, ModelConfig.from_kv(gguf_file.kv).n_ctx_train)
         engine = ServingEngine(gguf_file, n_ctx=n_ctx, kv_memory=memory, parallel=parallel,
                                token_budget=batch_tokens, queue_size=queue_size, threads=threads,
                                cache_type_k=cache_type_k, cache_type_v=cache_type_v, observer=metrics)
         name = name or os.path.basename(str(model)).removesuffix(".gguf")
-    template = chat_template or chat_template_for(kv if kv is not None else engine.gguf_kv)
+    template = chat_template or chat_template_for(engine.gguf_kv)
     metrics.watch(engine)
     server = Server(engine, name, ChatPrompt(engine.tokenizer, template, engine.n_ctx), sampling or {}, api_key,
                     metrics, max_tokens)

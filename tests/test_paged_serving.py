@@ -87,6 +87,24 @@ def test_an_admitted_prompt_takes_its_cached_prefix_and_counts_the_hit_once():
     assert (pool.hit_blocks, pool.queried_blocks) == (1, 2)     # 0 of 1 block, then 1 of 1
 
 
+def test_blocks_computed_after_a_reused_prefix_are_cached_too():
+    """A chat's second turn reuses the first turn's block and offers its own new blocks, so a
+    third turn finds all of them."""
+    pool = BlockPool(8)
+    sched = Scheduler(pool, max_running=2, token_budget=128, n_ctx=1024)
+    first = Sequence(tokens(B + 1), B + 1, 10)
+    sched.add(first)
+    sched.computed(sched.schedule())
+    sched.remove(first)
+    second = Sequence(tokens(3 * B + 1), 3 * B + 1, 10)       # the first turn's block, then two new
+    sched.add(second)
+    step = sched.schedule()
+    assert second.reused == B
+    sched.computed(step)
+    sched.remove(second)
+    assert len(pool.lookup(tokens(3 * B + 1))) == 3
+
+
 def test_a_step_decodes_every_running_sequence_then_fills_the_budget_with_prompt_chunks():
     pool = BlockPool(64)
     sched = Scheduler(pool, max_running=4, token_budget=40, n_ctx=1024)
